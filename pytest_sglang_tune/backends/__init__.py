@@ -1,0 +1,1 @@
+"""Backends deploy one configuration and hand back an Endpoint; see ``base.Backend``."""
