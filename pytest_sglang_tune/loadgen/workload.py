@@ -15,7 +15,7 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from pytest_sglang_tune.errors import SuiteError
@@ -132,11 +132,17 @@ class Workload:
     shared_prefix: SharedPrefix | None = None
     seed: int = 0
     max_duration_s: float | None = None
+    num_requests_per_load: tuple[int, ...] = ()
+
+    def at_load(self, index: int) -> Workload:
+        """This workload narrowed to its ``index``-th load level (with that level's request count)."""
+        n = self.num_requests_per_load[index] if self.num_requests_per_load else self.num_requests
+        return replace(self, loads=(self.loads[index],), num_requests=n, num_requests_per_load=())
 
     def content_dict(self) -> dict[str, Any]:
         """Everything that defines the request stream (not the load levels, not the name)."""
         d = asdict(self)
-        for k in ("name", "loads"):
+        for k in ("name", "loads", "num_requests_per_load"):
             d.pop(k)
         d["input_len"] = str(self.input_len)
         d["output_len"] = str(self.output_len)

@@ -1,0 +1,355 @@
+"""Suite files (``suites/tune_*.yaml``) → ``Suite`` values. Every error names ``file:line``, the field and the value.
+
+A suite::
+
+    name: qwen8b-chat                    # optional; default: the file name without tune_ and .yaml
+    sglang_version: "0.5.23"             # optional; default: the newest known version
+    model: {path: Qwen/Qwen3-8B, served_name: qwen3-8b}
+    backends:                            # per-backend deployment settings
+      sim: {gpu: h100_sxm}
+      local: {launcher: "python -m sglang.launch_server"}
+      docker: {image: "lmsysorg/sglang:v0.5.23-cu129"}
+      ome: {runtime: srt-qwen3-8b, model: qwen3-8b}
+    server:
+      fixed: {enable-metrics: true}
+      grid: {mem-fraction-static: [0.8, 0.9], schedule-policy: [lpm, fcfs]}
+      paired: {tp-size: [1, 2], dp-size: [2, 1]}
+      constraints: ["tp-size * dp-size <= 4"]
+    workloads:
+      - name: chat
+        scenario: D(1000,250)            # or input_len/output_len: 1000 / "N(1000,100)"
+        num_requests: 64
+        concurrency: [1, 16, 64]         # and/or request_rate: [2, 4]
+    slos: ["ttft_ms.p99 <= 2000", "itl_ms.p95 <= 50"]
+    objective: {maximize: output_throughput_per_gpu}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_sglang_tune.errors import GrammarError, SuiteError
+from pytest_sglang_tune.grammar import DEFAULT_OBJECTIVE, SLO, Objective, parse_objective, parse_slo
+from pytest_sglang_tune.loadgen.workload import (
+    ENDPOINTS,
+    LengthDist,
+    Load,
+    SharedPrefix,
+    Workload,
+    parse_scenario,
+)
+from pytest_sglang_tune.yamlpos import Pos, line_of, load_yaml_with_lines
+
+BACKENDS: tuple[str, ...] = ("sim", "local", "docker", "ome")
+TOP_FIELDS = ("name", "description", "sglang_version", "model", "backends", "server", "workloads", "slos",
+              "objective", "seed")
+MODEL_FIELDS = ("path", "served_name")
+SERVER_FIELDS = ("fixed", "grid", "paired", "constraints")
+WORKLOAD_FIELDS = ("name", "scenario", "input_len", "output_len", "endpoint", "num_requests", "warmup_requests",
+                   "concurrency", "request_rate", "shared_prefix", "seed", "max_duration_s")
+BACKEND_FIELDS: dict[str, tuple[str, ...]] = {
+    "sim": ("gpu", "perf_model", "needs_gpus", "launcher", "env", "port", "ready_timeout"),
+    "local": ("launcher", "needs_gpus", "env", "port", "ready_timeout"),
+    "docker": ("image", "needs_gpus", "env", "shm_size", "ipc_host", "hf_cache", "ulimits", "network",
+               "ready_timeout"),
+    "ome": ("runtime", "model", "namespace", "create_runtime", "create_model", "node_selector", "tolerations",
+            "env", "ready_timeout"),
+}
+_WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite file. ``server_*`` hold raw (unvalidated) flag names; ``space.expand`` validates them."""
+
+    path: Path
+    name: str
+    model_path: str
+    served_name: str
+    sglang_version: str | None
+    backends: Mapping[str, Mapping[str, Any]]
+    fixed: Mapping[str, Any]
+    grid: Mapping[str, Sequence[Any]]
+    paired: Mapping[str, Sequence[Any]]
+    constraints: tuple[str, ...]
+    workloads: tuple[Workload, ...]
+    slos: tuple[SLO, ...]
+    objective: Objective
+    positions: Pos = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, *fld: str | int) -> str:
+        """``file:line`` of a field, for error messages."""
+        line = line_of(self.positions, fld)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def error(self, message: str, *fld: str | int) -> SuiteError:
+        dotted = ".".join(str(f) for f in fld) if fld else None
+        return SuiteError(message, path=str(self.path), line=line_of(self.positions, fld), field=dotted)
+
+    def backend_settings(self, backend: str) -> Mapping[str, Any]:
+        return self.backends.get(backend, {})
+
+
+class _Ctx:
+    def __init__(self, path: Path, pos: Pos) -> None:
+        self.path = path
+        self.pos = pos
+
+    def err(self, message: str, *fld: str | int) -> SuiteError:
+        dotted = ".".join(str(f) for f in fld) if fld else None
+        return SuiteError(message, path=str(self.path), line=line_of(self.pos, fld), field=dotted)
+
+    def mapping(self, value: Any, *fld: str | int, allowed: Sequence[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.err(f"expected a mapping, got {type(value).__name__} {value!r}", *fld)
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    raise self.err(f"unknown field {key!r}; allowed fields: {', '.join(allowed)}", *fld, key)
+        return dict(value)
+
+    def int_(self, value: Any, *fld: str | int, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.err(f"expected an integer >= {minimum}, got {value!r}", *fld)
+        return value
+
+    def number(self, value: Any, *fld: str | int) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.err(f"expected a positive number, got {value!r}", *fld)
+        return float(value)
+
+
+def default_suite_name(path: Path) -> str:
+    stem = path.stem
+    return stem[len("tune_"):] if stem.startswith("tune_") else stem
+
+
+def load_suite(path: Path | str, text: str | None = None) -> Suite:
+    """Read and check a suite file (its structure, workloads, SLOs and objective; flags are checked in ``space``)."""
+    path = Path(path)
+    data, pos = load_yaml_with_lines(path, text)
+    return suite_from_data(data, path, pos)
+
+
+def suite_from_data(data: Any, path: Path, pos: Pos | None = None, *, require_workloads: bool = True) -> Suite:
+    """Build a Suite from already-parsed data (YAML, or a Python suite's ``sglang_tune`` marker)."""
+    pos = pos or {}
+    c = _Ctx(path, pos)
+    if data is None:
+        raise c.err("the suite file is empty")
+    top = c.mapping(data, allowed=TOP_FIELDS)
+
+    model = top.get("model")
+    if model is None:
+        raise c.err("missing field 'model' (the model path or id, e.g. model: {path: Qwen/Qwen3-8B})")
+    if isinstance(model, str):
+        model = {"path": model}
+    model = c.mapping(model, "model", allowed=MODEL_FIELDS)
+    model_path = model.get("path")
+    if not isinstance(model_path, str) or not model_path:
+        raise c.err(f"model.path must be a non-empty string, got {model_path!r}", "model", "path")
+    served = model.get("served_name") or model_path
+    if not isinstance(served, str):
+        raise c.err(f"model.served_name must be a string, got {served!r}", "model", "served_name")
+
+    version = top.get("sglang_version")
+    if version is not None:
+        version = str(version)
+
+    backends: dict[str, dict[str, Any]] = {}
+    for bname, bset in c.mapping(top.get("backends"), "backends", allowed=BACKENDS).items():
+        backends[bname] = c.mapping(bset, "backends", bname, allowed=BACKEND_FIELDS[bname])
+
+    server = c.mapping(top.get("server"), "server", allowed=SERVER_FIELDS)
+    fixed = c.mapping(server.get("fixed"), "server", "fixed")
+    grid = c.mapping(server.get("grid"), "server", "grid")
+    for flag, values in grid.items():
+        if not isinstance(values, list):
+            raise c.err(f"grid values must be a list, got {values!r} (use server.fixed for a single value)",
+                        "server", "grid", flag)
+        if not values:
+            raise c.err("empty grid: the list of values is empty; give at least one value", "server", "grid", flag)
+    paired = c.mapping(server.get("paired"), "server", "paired")
+    lengths = set()
+    for flag, values in paired.items():
+        if not isinstance(values, list) or not values:
+            raise c.err(f"paired values must be a non-empty list, got {values!r}", "server", "paired", flag)
+        lengths.add(len(values))
+    if len(lengths) > 1:
+        detail = ", ".join(f"{k}: {len(v)}" for k, v in paired.items())
+        raise c.err(f"paired lists must all have the same length (they vary together); got {detail}",
+                    "server", "paired")
+    seen: dict[str, str] = {}
+    for section, flags in (("fixed", fixed), ("grid", grid), ("paired", paired)):
+        for flag in flags:
+            if flag in seen:
+                raise c.err(f"flag {flag!r} appears in both server.{seen[flag]} and server.{section}",
+                            "server", section, flag)
+            seen[flag] = section
+    constraints_raw = server.get("constraints") or []
+    if isinstance(constraints_raw, str):
+        constraints_raw = [constraints_raw]
+    if not isinstance(constraints_raw, list) or not all(isinstance(x, str) for x in constraints_raw):
+        raise c.err(f"constraints must be a list of expressions, got {constraints_raw!r}", "server", "constraints")
+
+    suite_seed = top.get("seed", 0)
+    workloads_raw = top.get("workloads")
+    if not require_workloads and workloads_raw is None:
+        workloads_raw = []
+    elif not isinstance(workloads_raw, list) or not workloads_raw:
+        raise c.err("workloads must be a non-empty list of workloads", "workloads")
+    workloads = []
+    names: set[str] = set()
+    for i, w in enumerate(workloads_raw):
+        wl = _parse_workload(c, w, i, suite_seed)
+        if wl.name in names:
+            raise c.err(f"duplicate workload name {wl.name!r}", "workloads", i, "name")
+        names.add(wl.name)
+        workloads.append(wl)
+
+    slos_raw = top.get("slos") or []
+    if isinstance(slos_raw, str):
+        slos_raw = [slos_raw]
+    if not isinstance(slos_raw, list):
+        raise c.err(f"slos must be a list of '<metric> <op> <number>' strings, got {slos_raw!r}", "slos")
+    slos = []
+    for i, s in enumerate(slos_raw):
+        try:
+            slos.append(parse_slo(s))
+        except GrammarError as exc:
+            raise c.err(str(exc), "slos", i) from None
+    try:
+        objective = parse_objective(top.get("objective") or DEFAULT_OBJECTIVE)
+    except GrammarError as exc:
+        raise c.err(str(exc), "objective") from None
+
+    name = top.get("name") or default_suite_name(path)
+    return Suite(
+        path=path, name=str(name), model_path=model_path, served_name=served, sglang_version=version,
+        backends=backends, fixed=fixed, grid=grid, paired=paired, constraints=tuple(constraints_raw),
+        workloads=tuple(workloads), slos=tuple(slos), objective=objective, positions=pos,
+    )
+
+
+def _lengths(c: _Ctx, w: Mapping[str, Any], i: int) -> tuple[LengthDist, LengthDist]:
+    scenario = w.get("scenario")
+    if scenario is not None:
+        if "input_len" in w or "output_len" in w:
+            raise c.err("give either scenario or input_len/output_len, not both", "workloads", i, "scenario")
+        try:
+            return parse_scenario(str(scenario))
+        except SuiteError as exc:
+            raise c.err(exc.bare_message, "workloads", i, "scenario") from None
+    dists = []
+    for key in ("input_len", "output_len"):
+        v = w.get(key)
+        if v is None:
+            raise c.err(f"missing {key} (or give scenario: 'D(in,out)')", "workloads", i)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            dists.append(LengthDist("D", float(v)))
+            continue
+        text = str(v).strip()
+        # one-sided forms: "N(1000,100)" / "U(900,1100)"
+        m = re.match(r"^([NU])\((.+)\)$", text)
+        try:
+            if m:
+                a, b = parse_scenario(f"{m.group(1)}({m.group(2)})/({m.group(2)})")
+                dists.append(a)
+            else:
+                raise SuiteError("")
+        except SuiteError:
+            raise c.err(f"{v!r} is not a valid length; use an integer >= 1, 'N(mean,std)' or 'U(min,max)'",
+                        "workloads", i, key) from None
+    return dists[0], dists[1]
+
+
+def _num_list(c: _Ctx, value: Any, kind: str, *fld: str | int) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise c.err(f"{kind} list is empty", *fld)
+    out = []
+    for v in values:
+        if kind == "concurrency":
+            out.append(c.int_(v, *fld, minimum=1))
+        else:
+            out.append(c.number(v, *fld))
+    return out
+
+
+def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
+    w = c.mapping(raw, "workloads", i, allowed=WORKLOAD_FIELDS)
+    name = w.get("name") or f"workload{i}"
+    if not isinstance(name, str) or not _WORKLOAD_NAME.match(name):
+        raise c.err(f"workload name {name!r} must be letters, digits, '_', '-' or '.'", "workloads", i, "name")
+    inp, out = _lengths(c, w, i)
+    endpoint = w.get("endpoint", "chat")
+    if endpoint not in ENDPOINTS:
+        raise c.err(f"endpoint {endpoint!r} is not valid; choose one of {', '.join(ENDPOINTS)}",
+                    "workloads", i, "endpoint")
+    conc = w.get("concurrency")
+    rate = w.get("request_rate")
+    if conc is None and rate is None:
+        raise c.err("a workload needs concurrency (a list of levels) or request_rate (req/s), or both",
+                    "workloads", i)
+    concs = _num_list(c, conc, "concurrency", "workloads", i, "concurrency") if conc is not None else []
+    rates = _num_list(c, rate, "request_rate", "workloads", i, "request_rate") if rate is not None else []
+    loads: list[Load]
+    if concs and rates:
+        if len(rates) == 1:
+            loads = [Load(concurrency=cc, request_rate=rates[0]) for cc in concs]
+        elif len(concs) == 1:
+            loads = [Load(concurrency=concs[0], request_rate=r) for r in rates]
+        else:
+            raise c.err("with both concurrency and request_rate, one of them must be a single value "
+                        "(it caps or paces every level of the other)", "workloads", i)
+    elif concs:
+        loads = [Load(concurrency=cc) for cc in concs]
+    else:
+        loads = [Load(request_rate=r) for r in rates]
+    shared = w.get("shared_prefix")
+    sp = None
+    if shared is not None:
+        sp_map = c.mapping(shared, "workloads", i, "shared_prefix", allowed=("groups", "prefix_len"))
+        sp = SharedPrefix(
+            groups=c.int_(sp_map.get("groups"), "workloads", i, "shared_prefix", "groups", minimum=1),
+            prefix_len=c.int_(sp_map.get("prefix_len"), "workloads", i, "shared_prefix", "prefix_len", minimum=1),
+        )
+        if inp.kind == "D" and sp.prefix_len >= inp.a:
+            raise c.err(f"prefix_len {sp.prefix_len} must be shorter than the input length {int(inp.a)}",
+                        "workloads", i, "shared_prefix", "prefix_len")
+    seed = w.get("seed", suite_seed)
+    max_dur = w.get("max_duration_s")
+    nreq = w.get("num_requests", 64)
+    per_load: tuple[int, ...] = ()
+    if isinstance(nreq, list):
+        if len(nreq) != len(loads):
+            raise c.err(f"num_requests has {len(nreq)} values but there are {len(loads)} load levels; give one "
+                        "number, or one per load level", "workloads", i, "num_requests")
+        per_load = tuple(c.int_(n, "workloads", i, "num_requests", minimum=1) for n in nreq)
+        nreq = max(per_load)
+    return Workload(
+        name=name, input_len=inp, output_len=out, num_requests_per_load=per_load,
+        num_requests=c.int_(nreq, "workloads", i, "num_requests", minimum=1),
+        warmup_requests=c.int_(w.get("warmup_requests", 2), "workloads", i, "warmup_requests", minimum=0),
+        endpoint=endpoint, loads=tuple(loads), shared_prefix=sp,
+        seed=c.int_(seed, "workloads", i, "seed", minimum=0),
+        max_duration_s=c.number(max_dur, "workloads", i, "max_duration_s") if max_dur is not None else None,
+    )
+
+
+def validate_suite_file(path: Path | str) -> str:
+    """Check a suite and its flags without deploying; return a one-line summary (used by ``sglang-tune validate``)."""
+    from pytest_sglang_tune.space import expand
+
+    suite = load_suite(path)
+    expansion = expand(suite)
+    points = sum(len(w.loads) for w in suite.workloads)
+    return (f"{path}: ok — suite {suite.name!r}, SGLang {expansion.flags.version} ({expansion.flags.source}), "
+            f"{len(expansion.configs)} configs ({len(expansion.excluded)} excluded by constraints), "
+            f"{len(suite.workloads)} workloads, {len(expansion.configs) * points} tests")

@@ -1,0 +1,140 @@
+"""Suite parsing: good suites, and every kind of bad input with the exact message users read."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_sglang_tune.errors import FlagError, SuiteError
+from pytest_sglang_tune.loadgen.workload import Load, LengthDist, parse_scenario
+from pytest_sglang_tune.space import expand
+from pytest_sglang_tune.suite import load_suite, validate_suite_file
+
+GOOD = """\
+model: {path: Qwen/Qwen3-8B, served_name: qwen}
+server:
+  fixed: {enable-metrics: true}
+  grid:
+    mem-fraction-static: [0.8, 0.9]
+    schedule-policy: [lpm, fcfs]
+  paired:
+    tp-size: [1, 2, 4]
+    dp-size: [4, 2, 1]
+  constraints: ["tp-size * dp-size <= 4"]
+workloads:
+  - name: chat
+    scenario: D(1000,250)
+    num_requests: 8
+    concurrency: [1, 16]
+slos: ["ttft_ms.p99 <= 2000", "itl_ms.p95 <= 50"]
+objective: {maximize: output_throughput_per_gpu}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "tune_x.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_good_suite_parses(tmp_path: Path) -> None:
+    suite = load_suite(write(tmp_path, GOOD))
+    assert suite.name == "x"
+    assert suite.model_path == "Qwen/Qwen3-8B" and suite.served_name == "qwen"
+    (wl,) = suite.workloads
+    assert wl.input_len == LengthDist("D", 1000) and wl.output_len == LengthDist("D", 250)
+    assert wl.loads == (Load(concurrency=1), Load(concurrency=16))
+    assert [str(s) for s in suite.slos] == ["ttft_ms.p99 <= 2000", "itl_ms.p95 <= 50"]
+    assert str(suite.objective) == "maximize: output_throughput_per_gpu"
+    summary = validate_suite_file(tmp_path / "tune_x.yaml")
+    assert "12 configs" in summary and "24 tests" in summary
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("model: [unclosed\n", "tune_x.yaml:2: YAML syntax error"),
+        ("model: m\nworkloads: []\nbogus: 1\n", "tune_x.yaml:3: bogus: unknown field 'bogus'; allowed fields: name,"),
+        ("model: m\nserver: {grid: {tp-size: []}}\nworkloads: [{concurrency: [1], scenario: 'D(1,1)'}]\n",
+         "server.grid.tp-size: empty grid: the list of values is empty; give at least one value"),
+        ("model: m\nworkloads:\n  - name: w\n    scenario: D(10,10)\n",
+         "tune_x.yaml:3: workloads.0: a workload needs concurrency (a list of levels) or request_rate (req/s), "
+         "or both"),
+        ("model: m\nworkloads:\n  - {scenario: 'X(1,2)', concurrency: [1]}\n",
+         "workloads.0.scenario: 'X(1,2)' is not a valid scenario; expected D(in,out), "
+         "N(mean_in,std_in)/(mean_out,std_out) or U(min_in,max_in)/(min_out,max_out)"),
+        ("model: m\nworkloads:\n  - {scenario: 'D(1,2)', concurrency: [0]}\n",
+         "workloads.0.concurrency: expected an integer >= 1, got 0"),
+        ("model: m\nworkloads:\n  - {scenario: 'D(1,2)', concurrency: [1], endpoint: grpc}\n",
+         "endpoint 'grpc' is not valid; choose one of chat, completions, generate"),
+        ("model: m\nworkloads:\n  - {scenario: 'D(1,2)', concurrency: [1]}\nslos: ['ttft_ms.p42 <= 3']\n",
+         "slos.0: unknown stat 'p42' in metric 'ttft_ms.p42'; valid stats: mean, p50, p90, p95, p99"),
+        ("model: m\nworkloads:\n  - {scenario: 'D(1,2)', concurrency: [1]}\nslos: ['latency <= 3']\n",
+         "slos.0: unknown metric 'latency'; valid metrics: ttft_ms.<stat>"),
+        ("model: m\nworkloads:\n  - {scenario: 'D(1,2)', concurrency: [1]}\nobjective: {maximise: goodput}\n",
+         "objective: objective direction 'maximise' is not valid; use maximize or minimize"),
+        ("workloads:\n  - {scenario: 'D(1,2)', concurrency: [1]}\n", "missing field 'model'"),
+        ("model: m\nserver: {paired: {tp-size: [1, 2], dp-size: [1]}}\n"
+         "workloads: [{scenario: 'D(1,2)', concurrency: [1]}]\n",
+         "paired lists must all have the same length (they vary together); got tp-size: 2, dp-size: 1"),
+        ("", "the suite file is empty"),
+    ],
+)
+def test_bad_suites(tmp_path: Path, body: str, message: str) -> None:
+    path = write(tmp_path, body)
+    with pytest.raises(SuiteError) as excinfo:
+        load_suite(path)
+    assert message in str(excinfo.value)
+    assert str(path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("{mem-fraction-statik: [0.8]}", "--mem-fraction-statik"),
+        ("{cuda-graph-max-bs: [8]}", "ambiguous"),
+        ("{schedule-policy: [fastest]}", "lpm"),
+        ("{tp-size: [two]}", "tp-size"),
+    ],
+)
+def test_bad_flags_name_file_line_and_flag(tmp_path: Path, grid: str, message: str) -> None:
+    path = write(tmp_path, f"model: m\nserver:\n  grid: {grid}\nworkloads: [{{scenario: 'D(1,2)', "
+                           "concurrency: [1]}]\n")
+    with pytest.raises(FlagError) as excinfo:
+        expand(load_suite(path))
+    text = str(excinfo.value)
+    assert message in text
+    assert f"{path}:3" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("D(100,20)", (LengthDist("D", 100), LengthDist("D", 20))),
+        ("N(1000,100)/(250,20)", (LengthDist("N", 1000, 100), LengthDist("N", 250, 20))),
+        ("U(10,20)/(5,6)", (LengthDist("U", 10, 20), LengthDist("U", 5, 6))),
+    ],
+)
+def test_scenarios(text: str, expected: tuple[LengthDist, LengthDist]) -> None:
+    assert parse_scenario(text) == expected
+
+
+def test_num_requests_per_load_level(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: m\nworkloads:\n  - {scenario: 'D(1,2)', concurrency: [1, 8], "
+                           "num_requests: [2, 16]}\n")
+    (wl,) = load_suite(path).workloads
+    assert [wl.at_load(i).num_requests for i in range(2)] == [2, 16]
+    bad = write(tmp_path, "model: m\nworkloads:\n  - {scenario: 'D(1,2)', concurrency: [1, 8], "
+                          "num_requests: [2]}\n", name="tune_y.yaml")
+    with pytest.raises(SuiteError, match="num_requests has 1 values but there are 2 load levels"):
+        load_suite(bad)
+
+
+def test_shipped_suites_are_valid() -> None:
+    suites = sorted((Path(__file__).parents[1] / "suites").glob("tune_*.yaml"))
+    assert len(suites) >= 2
+    for path in suites:
+        exp = expand(load_suite(path))
+        assert len(exp.configs) >= 8, path
