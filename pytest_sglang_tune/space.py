@@ -30,8 +30,11 @@ from pytest_sglang_tune.suite import Suite
 
 ABBREVIATIONS: dict[str, str] = {
     "--tp-size": "tp",
+    "--tensor-parallel-size": "tp",
     "--dp-size": "dp",
+    "--data-parallel-size": "dp",
     "--pp-size": "pp",
+    "--pipeline-parallel-size": "pp",
     "--ep-size": "ep",
     "--mem-fraction-static": "mem",
     "--chunked-prefill-size": "chunk",
@@ -46,7 +49,7 @@ ABBREVIATIONS: dict[str, str] = {
     "--schedule-conservativeness": "sc",
 }
 VALUE_ONLY = {"--schedule-policy", "--attention-backend", "--sampling-backend", "--kv-cache-dtype", "--quantization"}
-PARALLEL_FLAGS = ("--tp-size", "--dp-size", "--pp-size")
+PARALLEL_FIELDS = ("tp_size", "dp_size", "pp_size")  # ServerArgs fields: GPUs = tp × dp × pp
 
 
 @dataclass(frozen=True)
@@ -273,9 +276,8 @@ def expand(suite: Suite, table: Any = None) -> Expansion:
             excluded.append(Excluded(cid, dict(args), "excluded by constraint: " + "; ".join(failed)))
             continue
         gpus = 1
-        for flag in PARALLEL_FLAGS:
-            v = values.get(flag)
-            if isinstance(v, int) and v > 0:
+        for flag, v in values.items():
+            if isinstance(v, int) and v > 0 and table.resolve(flag).field in PARALLEL_FIELDS:
                 gpus *= v
         configs.append(TuneConfig(suite=suite.name, server_args=tuple(sorted(args.items())),
                                   non_default=tuple(sorted(non_default.items())), gpus=gpus, config_id=cid))

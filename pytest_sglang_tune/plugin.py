@@ -1,0 +1,490 @@
+"""pytest wiring: options, suite collection, items, fixtures, result collection and report writing.
+
+Heavy imports (load generator, backends, report writers) happen inside the hooks that need them; a pytest session
+that collects no suite item touches no server, Docker or Kubernetes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_sglang_tune import hookspecs
+from pytest_sglang_tune.engine import RESULT_KEY, Engine, Options, base_record, deployment_fields
+from pytest_sglang_tune.errors import (
+    BackendError,
+    CapacityError,
+    InfeasibleConfig,
+    TuneError,
+)
+
+BACKEND_NAMES = ("sim", "local", "docker", "ome")
+SUITE_PATTERNS = ("tune_*.yaml", "tune_*.yml")
+ERROR_KEY = "sglang_tune_error"
+
+
+# --- options ---------------------------------------------------------------------------------------------------
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("sglang-tune", "SGLang tuning (pytest-sglang-tune)")
+    g.addoption("--backend", dest="sglang_backend", default=None,
+                help="where suites deploy SGLang: sim (default), local, docker, ome")
+    g.addoption("--gpus", dest="sglang_gpus", default=None,
+                help="GPUs the whole run may use at once (default: sim 8 virtual; local/docker: detected)")
+    g.addoption("--sglang-report-dir", default=None, help="where reports/<run-id>/ go (default: reports)")
+    g.addoption("--sglang-strict-slo", action="store_true", default=None,
+                help="fail tests whose point misses an SLO (default: record slo_pass=false and rank it infeasible)")
+    g.addoption("--sglang-require-capacity", action="store_true", default=None,
+                help="configs that need more GPUs than available are errors instead of skips")
+    g.addoption("--sglang-ready-timeout", default=None,
+                help="seconds to wait for a server to become ready (default: sim 120, others 1800)")
+    g.addoption("--sglang-launcher", default=None,
+                help="local backend: the launcher command (default: 'python -m sglang.launch_server')")
+    parser.addini("sglang_backend", "default --backend", default="sim")
+    parser.addini("sglang_gpus", "default --gpus", default="")
+    parser.addini("sglang_report_dir", "default --sglang-report-dir", default="reports")
+    parser.addini("sglang_strict_slo", "default --sglang-strict-slo", type="bool", default=False)
+    parser.addini("sglang_ready_timeout", "default --sglang-ready-timeout", default="")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _opt(config: pytest.Config, name: str, ini: str | None = None) -> Any:
+    v = config.getoption(name)
+    if v is None and ini:
+        v = config.getini(ini)
+    return v
+
+
+def parse_backend(value: str) -> str:
+    if value not in BACKEND_NAMES:
+        raise pytest.UsageError(f"--backend={value!r} is not a valid backend. Valid backends: "
+                                f"{', '.join(BACKEND_NAMES)}.")
+    return value
+
+
+def parse_gpus(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise pytest.UsageError(f"--gpus={value!r} is not valid: give a whole number of GPUs >= 0.")
+    return n
+
+
+def parse_timeout(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = -1.0
+    if t <= 0:
+        raise pytest.UsageError(f"--sglang-ready-timeout={value!r} is not valid: give seconds > 0.")
+    return t
+
+
+def parse_options(config: pytest.Config) -> Options:
+    return Options(
+        backend=parse_backend(str(_opt(config, "sglang_backend", "sglang_backend") or "sim")),
+        gpus=parse_gpus(_opt(config, "sglang_gpus", "sglang_gpus")),
+        report_dir=Path(str(_opt(config, "sglang_report_dir", "sglang_report_dir") or "reports")),
+        strict_slo=bool(_opt(config, "sglang_strict_slo", "sglang_strict_slo")),
+        require_capacity=bool(config.getoption("sglang_require_capacity")),
+        ready_timeout=parse_timeout(_opt(config, "sglang_ready_timeout", "sglang_ready_timeout")),
+        launcher=config.getoption("sglang_launcher"),
+    )
+
+
+# --- state -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class State:
+    options: Options
+    run_id: str
+    controller: bool
+    lease_dir: Path
+    started_at: str
+    argv: list[str]
+    engine: Engine | None = None
+    has_items: bool = False
+    records: list[dict[str, Any]] = field(default_factory=list)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    suite_files: dict[str, str] = field(default_factory=dict)
+    log: Any = None
+    report_paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.options.report_dir / self.run_id
+
+
+STATE = pytest.StashKey[State]()
+
+
+def get_state(config: pytest.Config) -> State:
+    return config.stash[STATE]
+
+
+def get_engine(config: pytest.Config) -> Engine:
+    st = get_state(config)
+    if st.engine is None:
+        backend = config.hook.pytest_sglang_tune_make_backend(config=config, name=st.options.backend,
+                                                              gpus=st.options.gpus)
+        st.engine = Engine(options=st.options, run_id=st.run_id, backend=backend, lease_dir=st.lease_dir)
+    return st.engine
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sglang_tune_make_backend(config: pytest.Config, name: str, gpus: int | None) -> Any:
+    st = get_state(config)
+    log_dir = st.run_dir / "logs"
+    if name == "sim":
+        from pytest_sglang_tune.backends.sim import SimBackend
+
+        return SimBackend(gpus=gpus, log_dir=log_dir)
+    if name == "local":
+        from pytest_sglang_tune.backends.local import LocalBackend
+
+        return LocalBackend(gpus=gpus, launcher=st.options.launcher, log_dir=log_dir)
+    raise pytest.UsageError(f"--backend={name}: this backend is not available in this version of "
+                            "pytest-sglang-tune yet; use sim or local.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sglang_tune(**suite): a Python suite: the server space and settings "
+                                       "for the sglang_server / sglang_bench fixtures (same fields as a YAML suite)")
+    options = parse_options(config)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "sglang_tune_run_id" in workerinput:
+        run_id = workerinput["sglang_tune_run_id"]
+        started = workerinput["sglang_tune_started_at"]
+        controller = False
+    else:
+        from pytest_sglang_tune.results import new_run_id
+
+        run_id = new_run_id()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        controller = True
+    lease_dir = Path(tempfile.gettempdir()) / f"sglang-tune-{run_id}"
+    config.stash[STATE] = State(options=options, run_id=run_id, controller=controller, lease_dir=lease_dir,
+                                started_at=started, argv=list(sys.argv))
+    if controller:
+        config.pluginmanager.register(ResultCollector(config), "sglang-tune-results")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "sglang-tune-xdist")
+
+
+class _XdistHooks:
+    def pytest_configure_node(self, node: Any) -> None:
+        st = get_state(node.config)
+        node.workerinput["sglang_tune_run_id"] = st.run_id
+        node.workerinput["sglang_tune_started_at"] = st.started_at
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    # A config's tests must stay on one worker: with -n and no --dist, use xdist's loadgroup.
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") == "no":
+        config.option.dist = "loadgroup"
+
+
+# --- collection ------------------------------------------------------------------------------------------------
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if any(fnmatch.fnmatch(file_path.name, p) for p in SUITE_PATTERNS):
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SuiteFile(pytest.File):
+    """A ``tune_*.yaml`` suite: one test item per (config × workload × load level)."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from pytest_sglang_tune.space import expand
+        from pytest_sglang_tune.suite import load_suite
+
+        suite = load_suite(self.path)
+        exp = expand(suite)
+        configs = list(exp.configs)
+        self.config.hook.pytest_sglang_tune_modify_space(config=self.config, suite=suite, configs=configs)
+        for cfg in configs:
+            for wl in suite.workloads:
+                for index, load in enumerate(wl.loads):
+                    yield SuiteItem.from_parent(self, name=f"{wl.name}[{cfg.display}-{load.label()}]",
+                                                suite=suite, cfg=cfg, workload=wl.at_load(index), load=load,
+                                                table=exp.flags)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, TuneError):
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+
+class SuiteItem(pytest.Item):
+    """One point: a configuration of the suite's server space, one workload, one load level."""
+
+    def __init__(self, *, suite: Any, cfg: Any, workload: Any, load: Any, table: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = suite
+        self.cfg = cfg
+        self.workload = workload
+        self.load = load
+        self.table = table
+        self.capacity_problem: str | None = None
+        self.live: Any = None
+        self.record = base_record(
+            nodeid=self.nodeid, display_id=self.name, suite=suite, cfg=cfg, workload=workload, load=load,
+            backend=get_state(self.config).options.backend, sglang_version=suite.sglang_version or table.version)
+        self.user_properties.append((RESULT_KEY, self.record))
+        self.add_marker(pytest.mark.xdist_group(name=f"sglang-{suite.name}-{cfg.short_hash}"))
+
+    @property
+    def config_key(self) -> tuple[str, str]:
+        return (self.suite.name, self.cfg.config_id)
+
+    def setup(self) -> None:
+        if self.capacity_problem:
+            raise CapacityError(self.capacity_problem + " (--sglang-require-capacity makes this an error)",
+                                config_id=self.cfg.config_id)
+        try:
+            self.live = get_engine(self.config).ensure(self.suite, self.cfg, self.table)
+        except BaseException as exc:
+            _note_error(self, exc)
+            raise
+        self.record.update(deployment_fields(self.live))
+
+    def runtest(self) -> None:
+        engine = get_engine(self.config)
+        try:
+            out = engine.measure(self.live, self.workload, self.load, self.suite.slos, self.cfg.gpus)
+        except BaseException as exc:
+            _note_error(self, exc)
+            raise
+        _fill_metrics(self.record, out, self.suite.slos, self.live)
+        metrics = out["metrics"]
+        if not metrics.get("completed"):
+            raise TuneError(f"no request completed ({metrics.get('failed')} failed); "
+                            f"errors: {', '.join(out['warnings']) or 'see the server log'}")
+        if get_state(self.config).options.strict_slo and not self.record["slo_pass"]:
+            missed = [s for s, ok in self.record["slo_results"].items() if not ok]
+            pytest.fail("SLO missed (--sglang-strict-slo): " + "; ".join(
+                f"{s} (measured {_measured(metrics, s)})" for s in missed), pytrace=False)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, TuneError):
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.suite.name}::{self.name}"
+
+
+def _measured(metrics: dict[str, Any], slo_text: str) -> Any:
+    from pytest_sglang_tune.grammar import parse_slo
+
+    v = parse_slo(slo_text).metric.value(metrics)
+    return "n/a" if v is None else round(v, 3)
+
+
+def _fill_metrics(record: dict[str, Any], out: dict[str, Any], slos: Any, live: Any) -> None:
+    metrics = out["metrics"]
+    record["metrics"] = metrics
+    record["slo_results"] = {str(s): s.check(metrics) for s in slos}
+    record["slo_pass"] = all(record["slo_results"].values())
+    record["warnings"] = list(out.get("warnings") or [])
+    if out.get("server_metrics"):
+        record["server_metrics"] = out["server_metrics"]
+    lag = out.get("sim_lag")
+    if lag:
+        record.setdefault("sim", {})["lag"] = lag
+
+
+def _note_error(item: pytest.Item, exc: BaseException) -> None:
+    from pytest_sglang_tune.engine import log_tail_of
+
+    if isinstance(exc, TuneError):
+        kind = "infeasible" if isinstance(exc, InfeasibleConfig) else "error"
+        msg = getattr(exc, "bare_message", str(exc))
+        item.user_properties.append((ERROR_KEY, {"status": kind, "reason": f"{type(exc).__name__}: {msg}",
+                                                 "log_tail": log_tail_of(exc)}))
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    tune_items = [it for it in items if isinstance(it, SuiteItem)]
+    st = get_state(config)
+    if not tune_items:
+        return
+    st.has_items = True
+    engine = get_engine(config)
+    for it in tune_items:
+        st.suite_files[it.suite.name] = str(it.suite.path)
+        problem = engine.capacity_problem(it.cfg)
+        if problem is None:
+            continue
+        if st.options.require_capacity:
+            it.capacity_problem = problem
+        else:
+            it.add_marker(pytest.mark.skip(reason=problem))
+
+
+def _config_key(item: pytest.Item | None) -> tuple[str, str] | None:
+    if item is None:
+        return None
+    if isinstance(item, SuiteItem):
+        return item.config_key
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "sglang_config" in callspec.params:
+        suite, cfg, _ = callspec.params["sglang_config"]
+        return (suite.name, cfg.config_id)
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    key = _config_key(item)
+    if key is None:
+        return
+    st = get_state(item.config)
+    if st.engine is not None and st.engine.live is not None and _config_key(nextitem) != key:
+        st.engine.release()
+
+
+# --- results ---------------------------------------------------------------------------------------------------
+
+class ResultCollector:
+    """Controller-side: turns test reports into records (results.jsonl as each test ends)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        st = get_state(self.config)
+        records = [v for k, v in report.user_properties if k == RESULT_KEY]
+        if not records:
+            return
+        error = next((v for k, v in reversed(report.user_properties) if k == ERROR_KEY), None)
+        pend = st.pending.setdefault(report.nodeid, {})
+        pend["records"] = records
+        if report.when == "setup":
+            if report.skipped:
+                pend["status"], pend["reason"] = "skipped", _skip_reason(report)
+            elif report.failed:
+                pend["status"] = (error or {}).get("status", "error")
+                pend["reason"] = (error or {}).get("reason") or _short(report)
+                pend["log_tail"] = (error or {}).get("log_tail", "")
+        elif report.when == "call":
+            if report.passed:
+                pend["status"] = "passed"
+            elif report.skipped:
+                pend["status"], pend["reason"] = "skipped", _skip_reason(report)
+            else:
+                pend["status"] = "failed"
+                pend["reason"] = (error or {}).get("reason") or _short(report)
+                pend["log_tail"] = (error or {}).get("log_tail", "")
+        elif report.when == "teardown":
+            done = st.pending.pop(report.nodeid)
+            if report.failed and done.get("status") in (None, "passed"):
+                done["status"], done["reason"] = "error", "teardown failed: " + _short(report)
+            _finish(st, done)
+
+
+def _finish(st: State, done: dict[str, Any]) -> None:
+    from pytest_sglang_tune.redact import redact
+    from pytest_sglang_tune.results import ResultsLog
+
+    for rec in done["records"]:
+        rec = dict(rec)
+        rec["status"] = done.get("status") or "error"
+        rec["reason"] = done.get("reason")
+        if done.get("log_tail"):
+            rec["log_tail"] = done["log_tail"]
+        rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        rec = redact(rec)
+        st.records.append(rec)
+        if st.log is None:
+            st.run_dir.mkdir(parents=True, exist_ok=True)
+            st.log = ResultsLog(st.run_dir / "results.jsonl")
+        st.log.append(rec)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        return str(lr[2]).removeprefix("Skipped: ")
+    return str(lr)
+
+
+def _short(report: pytest.TestReport) -> str:
+    text = report.longreprtext.strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "Error:" in ln or ln.startswith("E "):
+            return ln.removeprefix("E ").strip()[:500]
+    return (lines[-1] if lines else "")[:500]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    st = get_state(config)
+    if st.engine is not None:
+        st.engine.shutdown()
+    if not st.controller:
+        return
+    for nodeid in list(st.pending):  # interrupted mid-test: keep what we know
+        done = st.pending.pop(nodeid)
+        done.setdefault("status", "error")
+        done.setdefault("reason", "interrupted")
+        _finish(st, done)
+    if not st.records:
+        return
+    from pytest_sglang_tune.reporting import write_run_report
+
+    st.report_paths = write_run_report(config, st, exitstatus)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    st = config.stash.get(STATE, None)
+    if st is None or not st.controller or not st.report_paths:
+        return
+    from pytest_sglang_tune.report.terminal import summary_lines
+    from pytest_sglang_tune.results import load_report
+
+    tr = terminalreporter
+    tr.section("sglang-tune: top configurations")
+    report = load_report(st.report_paths["json"])
+    for line in summary_lines(report):
+        tr.write_line(line)
+    for kind, path in st.report_paths.items():
+        tr.write_line(f"{kind}: {path}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    st = config.stash.get(STATE, None)
+    if st is not None and st.engine is not None:
+        st.engine.shutdown()
+    if os.environ.get("SGLANG_TUNE_DEBUG"):
+        print(f"sglang-tune: run {st.run_id if st else '?'} done", file=sys.stderr)
+
+
+from pytest_sglang_tune.fixtures import (  # noqa: E402,F401
+    pytest_generate_tests,
+    sglang_bench,
+    sglang_config,
+    sglang_server,
+)
+from pytest_sglang_tune.reporting import pytest_sglang_tune_rank  # noqa: E402,F401

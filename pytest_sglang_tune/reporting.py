@@ -1,0 +1,84 @@
+"""Controller-side assembly of a run's report: records + suites + ranking → reports/<run-id>/."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Objective, SLOs, SGLang version and excluded configs of every suite the run touched.
+
+    Under xdist only workers collect, so the controller re-reads the suite files named by the records (cheap).
+    """
+    from pytest_sglang_tune.errors import TuneError
+    from pytest_sglang_tune.space import expand
+    from pytest_sglang_tune.suite import load_suite
+
+    files = dict(suite_files)
+    for rec in records:
+        if rec.get("suite") and rec.get("suite_file"):
+            files.setdefault(rec["suite"], rec["suite_file"])
+    out: dict[str, Any] = {}
+    for name, path in files.items():
+        info: dict[str, Any] = {"file": path}
+        try:
+            suite = load_suite(Path(path))
+            exp = expand(suite)
+        except (TuneError, OSError) as exc:
+            info["error"] = str(exc)
+            out[name] = info
+            continue
+        info.update({
+            "objective": str(suite.objective),
+            "slos": [str(s) for s in suite.slos],
+            "model": suite.model_path,
+            "sglang_version": exp.flags.version,
+            "flag_table": exp.flags.source,
+            "configs": len(exp.configs),
+            "varying_flags": [f.lstrip("-") for f in exp.varying],
+            "excluded": [{"config_id": e.config_id, "server_args": {k.lstrip("-"): v for k, v in
+                                                                     e.server_args.items()},
+                          "reason": e.reason} for e in exp.excluded],
+        })
+        out[name] = info
+    return out
+
+
+def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[str, Path]:
+    from pytest_sglang_tune.results import build_report, machine_info, suite_objectives, write_report
+
+    suites = suites_info(st.suite_files, st.records)
+    cap = st.engine.capacity() if st.engine is not None else None
+    run = {
+        "id": st.run_id,
+        "started_at": st.started_at,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "backend": st.options.backend,
+        "gpus": cap.gpus if cap else st.options.gpus,
+        "gpus_source": cap.source if cap else None,
+        "argv": st.argv,
+        "exit_status": int(exitstatus),
+        "interrupted": int(exitstatus) == int(pytest.ExitCode.INTERRUPTED),
+        "machine": machine_info(),
+    }
+    warnings: list[str] = []
+    for rec in st.records:
+        for w in rec.get("warnings") or []:
+            warnings.append(f"{rec.get('display_id')}: {w}")
+    objectives = suite_objectives(suites)
+    ranking = config.hook.pytest_sglang_tune_rank(config=config, results=st.records, objectives=objectives)
+    report = build_report(run=run, results=st.records, suites=suites, ranking=ranking, warnings=warnings)
+    config.hook.pytest_sglang_tune_update_report(config=config, report=report)
+    return write_report(report, st.run_dir)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sglang_tune_rank(config: pytest.Config, results: list[dict[str, Any]],
+                            objectives: dict[str, Any]) -> list[dict[str, Any]]:
+    from pytest_sglang_tune.ranking import rank
+
+    return rank(results, objectives)

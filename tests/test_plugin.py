@@ -1,0 +1,160 @@
+"""The plugin driven through pytester: collection, ids, options, capacity, and bad input at deploy time."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+SUITE = """\
+model: {{path: Qwen/Qwen3-8B, served_name: qwen}}
+backends:
+  local: {{launcher: {launcher}, ready_timeout: {timeout}{extra}}}
+server:
+  grid:
+    schedule-policy: [lpm, fcfs]
+  paired:
+    tp-size: [1, 2]
+    dp-size: [2, 1]
+workloads:
+  - name: chat
+    scenario: D(16,4)
+    num_requests: 2
+    concurrency: [1, 4]
+"""
+
+
+def suite_text(launcher: str = "python -m sglang.launch_server", timeout: float = 30, extra: str = "") -> str:
+    return SUITE.format(launcher=json.dumps(launcher), timeout=timeout, extra=extra)
+
+
+def test_inert_without_suites(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain():\n    assert 1 + 1 == 2\n")
+    result = pytester.runpytest("--backend=docker")  # a backend that is not built would fail if touched
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "reports").exists()
+
+
+def test_collects_one_item_per_config_workload_load(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_demo=suite_text())
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines([
+        "tune_demo.yaml::chat?lpm-tp1-dp2-c1?",
+        "tune_demo.yaml::chat?lpm-tp1-dp2-c4?",
+        "tune_demo.yaml::chat?lpm-tp2-dp1-c1?",
+        "tune_demo.yaml::chat?lpm-tp2-dp1-c4?",
+        "tune_demo.yaml::chat?fcfs-tp1-dp2-c1?",
+        "*8 tests collected*",
+    ])
+
+
+def test_k_selects_by_display_id(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_demo=suite_text())
+    result = pytester.runpytest("--collect-only", "-q", "-k", "fcfs and c4")
+    result.stdout.fnmatch_lines(["*chat?fcfs-tp1-dp2-c4?", "*chat?fcfs-tp2-dp1-c4?", "*2/8 tests collected*"])
+
+
+def test_collection_error_names_file_line_and_flag(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_bad=suite_text().replace("schedule-policy", "schedule-polcy"))
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # collection errors stop the session
+    result.stdout.fnmatch_lines(["*ERROR collecting tune_bad.yaml*", "*FlagError: *tune_bad.yaml:6: unknown SGLang flag *--schedule-polcy* for SGLang 0.5.23; did you mean --schedule-policy?"])
+
+
+def test_bad_options_are_usage_errors(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--backend=kubernetes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--backend='kubernetes' is not a valid backend. Valid backends: sim, local, "
+                                 "docker, ome.*"])
+    result = pytester.runpytest("--gpus=many")
+    result.stderr.fnmatch_lines(["*--gpus='many' is not valid: give a whole number of GPUs >= 0.*"])
+
+
+def test_configs_needing_more_gpus_are_skipped_with_numbers(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_demo=suite_text())
+    result = pytester.runpytest("--backend=local", "--gpus=1", "-rs")
+    result.assert_outcomes(skipped=8)
+    result.stdout.fnmatch_lines(["*config needs 2 GPU(s) (tp × dp × pp) but 1 available (--gpus=1)*"])
+
+
+def test_require_capacity_turns_skips_into_errors(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_demo=suite_text())
+    result = pytester.runpytest("--backend=local", "--gpus=1", "--sglang-require-capacity")
+    result.assert_outcomes(errors=8)
+    result.stdout.fnmatch_lines(["*CapacityError: config needs 2 GPU(s)*--sglang-require-capacity*"])
+
+
+def _run_local(pytester: pytest.Pytester, launcher: str, timeout: float = 30, extra: str = "") -> pytest.RunResult:
+    pytester.makefile(".yaml", tune_demo=suite_text(launcher, timeout, extra))
+    return pytester.runpytest("--backend=local", "--gpus=2", "-k", "lpm-tp1 and c1", "-p", "no:cacheprovider")
+
+
+def _records(pytester: pytest.Pytester) -> list[dict]:  # type: ignore[type-arg]
+    (log,) = (pytester.path / "reports").glob("*/results.jsonl")
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_missing_launcher(pytester: pytest.Pytester) -> None:
+    result = _run_local(pytester, "/nonexistent/python -m sglang.launch_server")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*DeployError: launcher not found: '/nonexistent/python' does not exist*"])
+    (rec,) = _records(pytester)
+    assert rec["status"] == "error" and "launcher not found" in rec["reason"]
+
+
+def test_server_exiting_during_startup_fails_fast_with_log_tail(pytester: pytest.Pytester) -> None:
+    launcher = f"{sys.executable} -c \"import sys; print('RuntimeError: CUDA out of memory'); sys.exit(3)\""
+    result = _run_local(pytester, launcher, timeout=300)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*NotReady: server died while starting: the server process exited with code 3*",
+                                 "*CUDA out of memory*"])
+    assert result.duration < 60  # far below the 300 s readiness timeout
+
+
+def test_server_that_never_becomes_ready(pytester: pytest.Pytester) -> None:
+    launcher = f"{sys.executable} -c \"import time; time.sleep(120)\""
+    result = _run_local(pytester, launcher, timeout=1.5)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*NotReady: server not ready after 2s (last: /health_generate*--sglang-ready-timeout*"])
+
+
+def test_port_already_taken(pytester: pytest.Pytester) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = _run_local(pytester, "python -m sglang.launch_server", extra=f", port: {port}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*DeployError: port {port} on 127.0.0.1 is already in use*"])
+
+
+def test_hooks_modify_space_and_update_report(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(textwrap.dedent("""
+        def pytest_sglang_tune_modify_space(config, suite, configs):
+            configs[:] = [c for c in configs if c.display == "lpm-tp1-dp2"]
+    """))
+    pytester.makefile(".yaml", tune_demo=suite_text())
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*2 tests collected*"])
+
+
+def test_make_backend_hook_replaces_the_backend(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(textwrap.dedent("""
+        from pytest_sglang_tune.backends.base import Capacity
+        class NoGpus:
+            name = "nogpus"
+            def capacity(self):
+                return Capacity(0, "custom backend with no GPUs")
+        def pytest_sglang_tune_make_backend(config, name, gpus):
+            return NoGpus()
+    """))
+    pytester.makefile(".yaml", tune_demo=suite_text())
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=8)
+    result.stdout.fnmatch_lines(["*but 0 available (custom backend with no GPUs)*"])
