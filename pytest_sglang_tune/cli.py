@@ -1,0 +1,94 @@
+"""``sglang-tune``: work with suites and reports outside pytest.
+
+    sglang-tune report REPORT.json [-o OUT.html]   re-render the HTML report from a report.json
+    sglang-tune validate SUITE...                  check suites and their SGLang flags without deploying
+
+Exit codes: 0 ok, 1 a suite or report problem, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pytest_sglang_tune import TOOL_NAME, __version__
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sglang-tune", description="Tune SGLang server settings with pytest: "
+                                "check suites and render reports.")
+    p.add_argument("--version", action="version", version=f"{TOOL_NAME} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    rep = sub.add_parser("report", help="re-render report.html from a report.json",
+                         description="Re-render the HTML report from a report.json.")
+    rep.add_argument("report", type=Path, metavar="REPORT.json")
+    rep.add_argument("-o", "--output", type=Path, metavar="OUT.html",
+                     help="where to write the HTML (default: report.html beside REPORT.json)")
+    val = sub.add_parser(
+        "validate", help="check suite files without deploying anything",
+        description="Check suites (YAML, server space, SGLang flags) without deploying anything.",
+    )
+    val.add_argument("suites", nargs="+", type=Path, metavar="SUITE")
+    return p
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pytest_sglang_tune.report.html import render_html
+    from pytest_sglang_tune.results import REPORT_HTML, ReportError, atomic_write_text, load_report
+
+    try:
+        report = load_report(args.report)
+    except ReportError as exc:
+        print(f"sglang-tune report: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    out: Path = args.output or args.report.with_name(REPORT_HTML)
+    try:
+        atomic_write_text(out, render_html(report))
+    except OSError as exc:
+        print(f"sglang-tune report: error: cannot write {out}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pytest_sglang_tune.errors import TuneError
+    from pytest_sglang_tune.suite import validate_suite_file
+
+    bad = 0
+    for path in args.suites:
+        try:
+            print(validate_suite_file(path))
+        except TuneError as exc:
+            bad += 1
+            print(f"sglang-tune validate: error: {exc}", file=sys.stderr)
+        except OSError as exc:
+            bad += 1
+            print(f"sglang-tune validate: error: {path}: {exc.strerror or exc}", file=sys.stderr)
+    if len(args.suites) > 1:
+        print(f"{len(args.suites) - bad} of {len(args.suites)} suites valid")
+    return EXIT_PROBLEM if bad else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``sglang-tune`` command line; returns the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 after --help/--version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "report":
+        return _cmd_report(args)
+    if args.command == "validate":
+        return _cmd_validate(args)
+    parser.print_usage(sys.stderr)
+    print("sglang-tune: error: a command is required (report, validate)", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

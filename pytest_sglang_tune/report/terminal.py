@@ -1,0 +1,73 @@
+"""The "top configurations per workload" block of pytest's terminal summary (plain lines, no colour)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pytest_sglang_tune.errors import GrammarError
+from pytest_sglang_tune.grammar import Metric, parse_slo
+from pytest_sglang_tune.report import fmt, groups, objective_text, slo_texts, status_counts, suite_names
+
+_MAX_METRICS = 3
+
+
+def _slo_metrics(report: Mapping[str, Any], suite: str) -> list[Metric]:
+    out: list[Metric] = []
+    for text in slo_texts(report, suite):
+        try:
+            m = parse_slo(text).metric
+        except GrammarError:
+            continue
+        if m not in out:
+            out.append(m)
+    return out[:_MAX_METRICS]
+
+
+def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
+    """Lines like::
+
+        sglang-tune run 20261127-130501-3fa2 (backend sim, GPUs 2): 6 results: 5 passed, 1 infeasible
+        tune_llama8b · chat @ c64 · maximize: output_throughput_per_gpu
+           1. tp2-mem0.85   score 1,234  SLO pass  ttft_ms.p99=850
+           … 2 more ranked
+        tune_llama8b: not ranked: 1 infeasible (see report.html)
+    """
+    run = report.get("run") or {}
+    counts = status_counts(report)
+    total = sum(counts.values())
+    count_text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    backend = run.get("backend") or "?"
+    gpus = "?" if run.get("gpus") is None else run["gpus"]
+    head = f"sglang-tune run {run.get('id') or '?'} (backend {backend}, GPUs {gpus})"
+    lines = [f"{head}: {total} results" + (f": {count_text}" if count_text else "")]
+    lines += [f"warning: {w}" for w in report.get("warnings") or []]
+    for suite in suite_names(report):
+        metrics = _slo_metrics(report, suite)
+        objective = objective_text(report, suite)
+        unranked: dict[str, int] = {}
+        for g in groups(report, suite):
+            for r in g.unranked:
+                s = str(r.get("status"))
+                unranked[s] = unranked.get(s, 0) + 1
+            if not g.ranked:
+                continue
+            lines.append(f"{suite} · {g.title}" + (f" · {objective}" if objective else ""))
+            shown = g.ranked[:top]
+            width = max(len(str(r.get("display_id") or e.get("config_id"))) for e, r in shown)
+            for entry, res in shown:
+                name = str(res.get("display_id") or entry.get("config_id"))
+                slo = "SLO pass" if entry.get("slo_pass") else "SLO MISS"
+                vals = "  ".join(f"{m}={fmt(m.value(res.get('metrics') or {}))}" for m in metrics)
+                score = fmt(entry.get("score"))
+                lines.append(f"  {entry.get('rank'):>2}. {name:<{width}}  score {score:>9}  {slo}"
+                             + (f"  {vals}" if vals else ""))
+            rest = g.ranked[top:]
+            if rest:
+                misses = sum(1 for e, _ in rest if not e.get("slo_pass"))
+                more = f"      … {len(rest)} more ranked"
+                lines.append(more + (f" ({misses} failing SLOs)" if misses else ""))
+        if unranked:
+            text = ", ".join(f"{n} {s}" for s, n in sorted(unranked.items()))
+            lines.append(f"{suite}: not ranked: {text} (reasons in report.html)")
+    return lines
