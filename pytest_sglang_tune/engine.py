@@ -11,7 +11,6 @@ import atexit
 import os
 import shlex
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,10 +231,6 @@ def owner_tag() -> str:
 
 def tool_info() -> dict[str, str]:
     return {"name": TOOL_NAME, "version": __version__}
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def log_tail_of(exc: BaseException) -> str:

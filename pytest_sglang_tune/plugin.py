@@ -10,7 +10,6 @@ import fnmatch
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,11 @@ import pytest
 from pytest_sglang_tune import hookspecs
 from pytest_sglang_tune.engine import RESULT_KEY, Engine, Options, base_record, deployment_fields
 from pytest_sglang_tune.errors import (
-    BackendError,
     CapacityError,
     InfeasibleConfig,
     TuneError,
 )
+from pytest_sglang_tune.results import now_iso
 
 BACKEND_NAMES = ("sim", "local", "docker", "ome")
 SUITE_PATTERNS = ("tune_*.yaml", "tune_*.yml")
@@ -178,7 +177,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_sglang_tune.results import new_run_id
 
         run_id = new_run_id()
-        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        started = now_iso()
         controller = True
     lease_dir = Path(tempfile.gettempdir()) / f"sglang-tune-{run_id}"
     config.stash[STATE] = State(options=options, run_id=run_id, controller=controller, lease_dir=lease_dir,
@@ -413,7 +412,7 @@ def _finish(st: State, done: dict[str, Any]) -> None:
         rec["reason"] = done.get("reason")
         if done.get("log_tail"):
             rec["log_tail"] = done["log_tail"]
-        rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        rec["finished_at"] = now_iso()
         rec = redact(rec)
         st.records.append(rec)
         if st.log is None:

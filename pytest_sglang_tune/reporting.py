@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pytest_sglang_tune.results import now_iso
 
 
 def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[st
     run = {
         "id": st.run_id,
         "started_at": st.started_at,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": now_iso(),
         "backend": st.options.backend,
         "gpus": cap.gpus if cap else st.options.gpus,
         "gpus_source": cap.source if cap else None,
@@ -65,12 +66,12 @@ def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[st
         "interrupted": int(exitstatus) == int(pytest.ExitCode.INTERRUPTED),
         "machine": machine_info(),
     }
-    warnings: list[str] = []
-    for rec in st.records:
-        for w in rec.get("warnings") or []:
-            warnings.append(f"{rec.get('display_id')}: {w}")
+    warnings: list[str] = []  # per-result warnings stay on their results
     objectives = suite_objectives(suites)
-    ranking = config.hook.pytest_sglang_tune_rank(config=config, results=st.records, objectives=objectives)
+    from pytest_sglang_tune.ranking import dedupe
+
+    ranking = config.hook.pytest_sglang_tune_rank(config=config, results=list(dedupe(st.records)),
+                                                  objectives=objectives)
     report = build_report(run=run, results=st.records, suites=suites, ranking=ranking, warnings=warnings)
     config.hook.pytest_sglang_tune_update_report(config=config, report=report)
     return write_report(report, st.run_dir)

@@ -245,8 +245,8 @@ def expand(suite: Suite, table: Any = None) -> Expansion:
     constraints = []
     for i, text in enumerate(suite.constraints):
         try:
-            constraints.append(Constraint(text, lambda w: table.resolve(w, where=suite.where("server",
-                                                                                           "constraints", i)).name))
+            loc = suite.where("server", "constraints", i)
+            constraints.append(Constraint(text, lambda w, loc=loc: table.resolve(w, where=loc).name))
         except FlagError:
             raise
         except SuiteError as exc:

@@ -259,7 +259,7 @@ def _lengths(c: _Ctx, w: Mapping[str, Any], i: int) -> tuple[LengthDist, LengthD
         m = re.match(r"^([NU])\((.+)\)$", text)
         try:
             if m:
-                a, b = parse_scenario(f"{m.group(1)}({m.group(2)})/({m.group(2)})")
+                a, _ = parse_scenario(f"{m.group(1)}({m.group(2)})/({m.group(2)})")
                 dists.append(a)
             else:
                 raise SuiteError("")

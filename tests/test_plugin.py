@@ -6,7 +6,6 @@ import json
 import socket
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_sglang_tune.errors import FlagError, SuiteError
-from pytest_sglang_tune.loadgen.workload import Load, LengthDist, parse_scenario
+from pytest_sglang_tune.loadgen.workload import LengthDist, Load, parse_scenario
 from pytest_sglang_tune.space import expand
 from pytest_sglang_tune.suite import load_suite, validate_suite_file
 
