@@ -97,7 +97,20 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def is_secret_flag(flag: str) -> bool:
+    """Flags whose values are never shown in ids (``--api-key``, ``--admin-api-key``, ...)."""
+    return any(w in flag.lower() for w in _SECRET_WORDS) and not flag.endswith(("-path", "-file", "-dir"))
+
+
+def _public(args: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if is_secret_flag(k) else v) for k, v in args.items()}
+
+
 def make_config_id(args: Mapping[str, Any], non_default: Mapping[str, Any]) -> str:
+    args, non_default = _public(args), _public(non_default)
     blob = json.dumps(sorted((k, args[k]) for k in args), separators=(",", ":"), default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:6]
     body = ",".join(f"{k.lstrip('-')}={_fmt_value(v)}" for k, v in sorted(non_default.items()))
@@ -106,6 +119,8 @@ def make_config_id(args: Mapping[str, Any], non_default: Mapping[str, Any]) -> s
 
 def abbreviate(flag: str, value: Any) -> str:
     """The display fragment of one flag=value (see the module docstring)."""
+    if is_secret_flag(flag):
+        value = "***"
     if flag in VALUE_ONLY:
         return _fmt_value(value)
     abbr = ABBREVIATIONS.get(flag) or "".join(w[0] for w in flag.lstrip("-").split("-") if w)

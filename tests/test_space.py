@@ -104,3 +104,13 @@ def test_bad_constraints(tmp_path: Path, constraint: str, message: str) -> None:
         expand_text(tmp_path, text)
     assert message in str(excinfo.value)
     assert "tune_s.yaml:4" in str(excinfo.value)
+
+
+def test_secret_flag_values_never_reach_ids(tmp_path: Path) -> None:
+    text = ("model: m\nserver:\n  fixed: {api-key: sk-live-123456}\n  grid: {admin-api-key: [adm-999999, adm-888888]}\n"
+            "workloads: [{scenario: 'D(1,2)', concurrency: [1]}]\n")
+    exp = expand_text(tmp_path, text)
+    for cfg in exp.configs:
+        assert "sk-live" not in cfg.config_id and "adm-" not in cfg.config_id
+        assert "sk-live" not in cfg.display and "adm-" not in cfg.display
+        assert cfg.args["--api-key"] == "sk-live-123456"  # the server still gets the real value

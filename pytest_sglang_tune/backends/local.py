@@ -14,11 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pytest_sglang_tune.backends.base import Capacity, DeploymentSpec, Endpoint
 from pytest_sglang_tune.errors import DeployError
@@ -62,6 +63,15 @@ def tail_file(path: Path, lines: int = 50) -> str:
         return ""
 
 
+def _copy_redacted(stream: IO[bytes], path: Path, secrets: Sequence[str]) -> None:
+    """Copy the server's output to its log file line by line, secrets redacted (SGLang logs its args)."""
+    with path.open("w", encoding="utf-8") as log:
+        for raw in iter(stream.readline, b""):
+            log.write(redact_text(raw.decode("utf-8", "replace"), extra_secrets=secrets))
+            log.flush()
+    stream.close()
+
+
 class LocalDeployment:
     """A server process started by ``LocalBackend``."""
 
@@ -73,6 +83,7 @@ class LocalDeployment:
         self.log_path = log_path
         self.info = info
         self._secrets = list(secrets)
+        self.copier: threading.Thread | None = None
 
     def poll(self) -> str | None:
         rc = self.proc.poll()
@@ -86,6 +97,8 @@ class LocalDeployment:
         return f"the server process exited with code {rc}"
 
     def logs(self, tail: int = 50) -> str:
+        if self.copier is not None and self.proc.poll() is not None:
+            self.copier.join(timeout=2)  # the process is gone: let its last lines reach the file
         return redact_text(tail_file(self.log_path, tail), extra_secrets=self._secrets)
 
 
@@ -143,19 +156,24 @@ class LocalBackend:
         api_key = spec.server_args.get("--api-key")
         secrets = [str(api_key)] if api_key else []
         try:
-            with log_path.open("wb") as log:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
         except FileNotFoundError:
             raise DeployError(f"launcher not found: {cmd[0]!r} does not exist or is not on PATH "
                               f"(launcher command: {shlex.join(base)})", config_id=spec.config_id) from None
         except PermissionError:
             raise DeployError(f"launcher {cmd[0]!r} is not executable", config_id=spec.config_id) from None
+        assert proc.stdout is not None
+        copier = threading.Thread(target=_copy_redacted, args=(proc.stdout, log_path, secrets), daemon=True,
+                                  name=f"sglang-tune-log-{port}")
+        copier.start()
         endpoint = Endpoint(f"http://{self.host}:{port}", spec.served_model_name,
                             api_key=str(api_key) if api_key else None)
         info = self.deployment_info(spec)
         info.setdefault("gpus_used", list(spec.gpu_ids))
-        return LocalDeployment(proc, endpoint, cmd, log_path, info, secrets)
+        deployment = LocalDeployment(proc, endpoint, cmd, log_path, info, secrets)
+        deployment.copier = copier
+        return deployment
 
     def stop(self, deployment: Any, timeout: float = 10.0) -> None:
         proc: subprocess.Popen[bytes] = deployment.proc
