@@ -160,7 +160,7 @@ class Engine:
         live.points += 1
         try:
             point = run_point(live.deployment.endpoint, workload, load, watchdog=self.watchdog(live),
-                              scrape_metrics=True)
+                              scrape_metrics=bool(live.server_info.get("enable_metrics")))
         except ServerCrashed:
             self.crashed[live.key] = "crashed during a point"
             self.release()  # the next test of this config redeploys
