@@ -2,6 +2,7 @@
 
     sglang-tune report REPORT.json [-o OUT.html]   re-render the HTML report from a report.json
     sglang-tune validate SUITE...                  check suites and their SGLang flags without deploying
+    sglang-tune bench --url URL --model M ...      benchmark a running server, write a report.json
 
 Exit codes: 0 ok, 1 a suite or report problem, 2 usage error.
 """
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Check suites (YAML, server space, SGLang flags) without deploying anything.",
     )
     val.add_argument("suites", nargs="+", type=Path, metavar="SUITE")
+    from pytest_sglang_tune.bench import add_parser as add_bench
+
+    add_bench(sub)
     return p
 
 
@@ -85,8 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_report(args)
     if args.command == "validate":
         return _cmd_validate(args)
+    if args.command == "bench":
+        from pytest_sglang_tune.bench import run as run_bench
+
+        return run_bench(args)
     parser.print_usage(sys.stderr)
-    print("sglang-tune: error: a command is required (report, validate)", file=sys.stderr)
+    print("sglang-tune: error: a command is required (report, validate, bench)", file=sys.stderr)
     return EXIT_USAGE
 
 

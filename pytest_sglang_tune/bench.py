@@ -1,0 +1,108 @@
+"""``sglang-tune bench``: the plugin's load generator against any running server, writing the same report.json.
+
+    sglang-tune bench --url http://127.0.0.1:30000 --model qwen3-8b --scenario 'D(128,32)' \\
+        --endpoint completions --concurrency 16 --concurrency 64 --num-requests 200 -o bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest_sglang_tune.errors import GrammarError, SuiteError, TuneError
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser("bench", help="benchmark a running server with the plugin's load generator",
+                       description="Run the load generator against a running OpenAI/SGLang-compatible server "
+                                   "and write a report.json (schema 1) with one result per load level.")
+    b.add_argument("--url", required=True, help="base URL of the server, e.g. http://127.0.0.1:30000")
+    b.add_argument("--model", required=True, help="model name to send (the server's served model name)")
+    b.add_argument("--scenario", default="D(128,32)",
+                   help="input/output lengths: D(in,out), N(mi,si)/(mo,so) or U(min,max)/(min,max)")
+    b.add_argument("--endpoint", default="completions", choices=("chat", "completions", "generate"))
+    b.add_argument("--concurrency", type=int, action="append", default=[],
+                   help="closed-loop concurrency (repeat for a sweep)")
+    b.add_argument("--request-rate", type=float, action="append", default=[],
+                   help="open-loop Poisson rate in req/s (repeat for a sweep); with one --concurrency, capped by it")
+    b.add_argument("--num-requests", type=int, default=100)
+    b.add_argument("--warmup-requests", type=int, default=2)
+    b.add_argument("--shared-prefix", metavar="GROUPS:PREFIX_LEN", help="requests share one of GROUPS prefixes")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--max-duration", type=float, default=None, help="stop sending after this many seconds")
+    b.add_argument("--slo", action="append", default=[], help="an SLO for goodput, e.g. 'ttft_ms.p99 <= 2000'")
+    b.add_argument("--gpus", type=int, default=1, help="GPUs behind the server (for per-GPU throughput)")
+    b.add_argument("--api-key", default=os.environ.get("SGLANG_API_KEY"),
+                   help="sent as a Bearer token (default: $SGLANG_API_KEY)")
+    b.add_argument("-o", "--output", type=Path, default=Path("bench-report.json"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pytest_sglang_tune.backends.base import Endpoint
+    from pytest_sglang_tune.grammar import parse_slo
+    from pytest_sglang_tune.loadgen.runner import run_point
+    from pytest_sglang_tune.loadgen.workload import Load, SharedPrefix, Workload, parse_scenario
+    from pytest_sglang_tune.metrics import summarize
+    from pytest_sglang_tune.results import atomic_write_text, build_report, machine_info, new_run_id, now_iso
+    from pytest_sglang_tune.report.json import dumps
+
+    try:
+        inp, out = parse_scenario(args.scenario)
+        slos = [parse_slo(s) for s in args.slo]
+        shared = None
+        if args.shared_prefix:
+            groups, _, plen = args.shared_prefix.partition(":")
+            shared = SharedPrefix(int(groups), int(plen))
+    except (SuiteError, GrammarError, ValueError) as exc:
+        print(f"sglang-tune bench: error: {exc}", file=sys.stderr)
+        return 2
+    loads: list[Load]
+    if args.request_rate:
+        cap = args.concurrency[0] if len(args.concurrency) == 1 else None
+        loads = [Load(concurrency=cap, request_rate=r) for r in args.request_rate]
+    else:
+        loads = [Load(concurrency=c) for c in (args.concurrency or [1])]
+    endpoint = Endpoint(args.url, args.model, api_key=args.api_key)
+    run_id, started = new_run_id(), now_iso()
+    results = []
+    for load in loads:
+        wl = Workload(name="bench", input_len=inp, output_len=out, num_requests=args.num_requests,
+                      warmup_requests=args.warmup_requests, endpoint=args.endpoint, loads=(load,),
+                      shared_prefix=shared, seed=args.seed, max_duration_s=args.max_duration)
+        print(f"bench {args.url} {args.endpoint} {args.scenario} {load.label()} ...", flush=True)
+        t0 = time.monotonic()
+        try:
+            point = run_point(endpoint, wl, load)
+        except TuneError as exc:
+            print(f"sglang-tune bench: error: {exc}", file=sys.stderr)
+            return 1
+        metrics = summarize(point, gpus=args.gpus, slos=slos)
+        results.append({
+            "test_id": f"bench[{load.label()}]", "suite": "bench", "config_id": "external",
+            "workload": {"name": "bench", "content_hash": wl.content_hash, "endpoint": wl.endpoint,
+                         "input_len": str(inp), "output_len": str(out), "num_requests": wl.num_requests},
+            "server_args": {}, "launch_command": None, "sglang_version": None, "image": None, "image_digest": None,
+            "perf_model": None, "load": load.to_dict(), "status": "passed", "reason": None, "metrics": metrics,
+            "slo_pass": all(s.check(metrics) for s in slos) if slos else None, "gpus_used": [],
+            "slos": [str(s) for s in slos], "warnings": point.warnings, "endpoint_url": args.url,
+            "server_metrics": point.server_metrics, "duration_s": round(time.monotonic() - t0, 3),
+        })
+        m = metrics
+        print(f"  completed {m['completed']} failed {m['failed']}  ttft p50 {_f(m['ttft_ms']['p50'])} ms "
+              f"p99 {_f(m['ttft_ms']['p99'])} ms  itl p50 {_f(m['itl_ms']['p50'])} ms  "
+              f"output {_f(m['output_throughput'])} tok/s", flush=True)
+    run = {"id": run_id, "started_at": started, "finished_at": now_iso(), "backend": "external",
+           "gpus": args.gpus, "argv": sys.argv, "machine": machine_info()}
+    suites = {"bench": {"objective": "maximize: output_throughput", "slos": [str(s) for s in slos]}}
+    report = build_report(run=run, results=results, suites=suites)
+    atomic_write_text(args.output, dumps(report))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
