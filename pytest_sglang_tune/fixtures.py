@@ -111,11 +111,11 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
                           workload=wl, load=load, backend=get_state(request.config).options.backend,
                           sglang_version=live.sglang_version or "")
         rec.update(deployment_fields(live))
-        out = engine.measure(live, wl, load, suite.slos, cfg.gpus)
+        measured = engine.measure(live, wl, load, suite.slos, cfg.gpus)
         from pytest_sglang_tune.plugin import _fill_metrics
 
-        _fill_metrics(rec, out, suite.slos, live)
+        _fill_metrics(rec, measured, suite.slos, live)
         request.node.user_properties.append((RESULT_KEY, rec))
-        return dict(out["metrics"])
+        return dict(measured["metrics"])
 
     return bench

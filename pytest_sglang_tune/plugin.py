@@ -376,16 +376,16 @@ class ResultCollector:
         records = [v for k, v in report.user_properties if k == RESULT_KEY]
         if not records:
             return
-        error = next((v for k, v in reversed(report.user_properties) if k == ERROR_KEY), None)
+        error: dict[str, Any] = next((v for k, v in reversed(report.user_properties) if k == ERROR_KEY), {})
         pend = st.pending.setdefault(report.nodeid, {})
         pend["records"] = records
         if report.when == "setup":
             if report.skipped:
                 pend["status"], pend["reason"] = "skipped", _skip_reason(report)
             elif report.failed:
-                pend["status"] = (error or {}).get("status", "error")
-                pend["reason"] = (error or {}).get("reason") or _short(report)
-                pend["log_tail"] = (error or {}).get("log_tail", "")
+                pend["status"] = error.get("status", "error")
+                pend["reason"] = error.get("reason") or _short(report)
+                pend["log_tail"] = error.get("log_tail", "")
         elif report.when == "call":
             if report.passed:
                 pend["status"] = "passed"
@@ -393,8 +393,8 @@ class ResultCollector:
                 pend["status"], pend["reason"] = "skipped", _skip_reason(report)
             else:
                 pend["status"] = "failed"
-                pend["reason"] = (error or {}).get("reason") or _short(report)
-                pend["log_tail"] = (error or {}).get("log_tail", "")
+                pend["reason"] = error.get("reason") or _short(report)
+                pend["log_tail"] = error.get("log_tail", "")
         elif report.when == "teardown":
             done = st.pending.pop(report.nodeid)
             if report.failed and done.get("status") in (None, "passed"):

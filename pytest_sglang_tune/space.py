@@ -245,6 +245,13 @@ def _combinations(suite: Suite, table: Any) -> tuple[list[dict[str, Any]], tuple
     return combos, varying, where
 
 
+def _resolver(table: Any, where: str) -> Callable[[str], str]:
+    def resolve(word: str) -> str:
+        return str(table.resolve(word, where=where).name)
+
+    return resolve
+
+
 def expand(suite: Suite, table: Any = None) -> Expansion:
     """Expand ``suite``'s server space, validating every flag against the SGLang version that will run."""
     from pytest_sglang_tune.flags import load_flag_table
@@ -261,7 +268,7 @@ def expand(suite: Suite, table: Any = None) -> Expansion:
     for i, text in enumerate(suite.constraints):
         try:
             loc = suite.where("server", "constraints", i)
-            constraints.append(Constraint(text, lambda w, loc=loc: table.resolve(w, where=loc).name))
+            constraints.append(Constraint(text, _resolver(table, loc)))
         except FlagError:
             raise
         except SuiteError as exc:

@@ -273,7 +273,7 @@ def _num_list(c: _Ctx, value: Any, kind: str, *fld: str | int) -> list[Any]:
     values = value if isinstance(value, list) else [value]
     if not values:
         raise c.err(f"{kind} list is empty", *fld)
-    out = []
+    out: list[Any] = []
     for v in values:
         if kind == "concurrency":
             out.append(c.int_(v, *fld, minimum=1))

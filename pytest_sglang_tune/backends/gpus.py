@@ -9,7 +9,7 @@ import subprocess
 def detect_gpus() -> tuple[int, str]:
     """(count, how it was found). Never raises; zero with the reason when there is none."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
         try:

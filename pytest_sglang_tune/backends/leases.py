@@ -51,7 +51,7 @@ class GpuLeases:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
-        return {k: v for k, v in data.items() if isinstance(v, dict) and _alive(int(v.get("pid", 0)))}  # type: ignore[arg-type]
+        return {k: v for k, v in data.items() if isinstance(v, dict) and _alive(int(v.get("pid", 0)))}
 
     def _save(self, data: dict[str, dict[str, object]]) -> None:
         tmp = self.path.with_suffix(".tmp")
