@@ -376,7 +376,7 @@ class ResultCollector:
         records = [v for k, v in report.user_properties if k == RESULT_KEY]
         if not records:
             return
-        error: dict[str, Any] = next((v for k, v in reversed(report.user_properties) if k == ERROR_KEY), {})
+        error: dict[str, Any] = next((v for k, v in reversed(report.user_properties) if k == ERROR_KEY), {})  # type: ignore[misc]
         pend = st.pending.setdefault(report.nodeid, {})
         pend["records"] = records
         if report.when == "setup":
