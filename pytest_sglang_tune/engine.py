@@ -11,6 +11,7 @@ import atexit
 import os
 import shlex
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +159,16 @@ class Engine:
         if live.points:
             flush_and_drain(live.deployment)
         live.points += 1
+        check = self.watchdog(live)
         try:
-            point = run_point(live.deployment.endpoint, workload, load, watchdog=self.watchdog(live),
+            point = run_point(live.deployment.endpoint, workload, load, watchdog=check,
                               scrape_metrics=bool(live.server_info.get("enable_metrics")))
+            # requests to a dead server fail fast, possibly before the watchdog's next tick: check once more
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and any(s.error for s in point.samples[-3:]):
+                check()
+                time.sleep(0.1)
+            check()
         except ServerCrashed:
             self.crashed[live.key] = "crashed during a point"
             self.release()  # the next test of this config redeploys

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_sglang_tune.engine import RESULT_KEY, base_record, deployment_fields
+from pytest_sglang_tune.redact import redact
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
         rec = base_record(nodeid=request.node.nodeid, display_id=request.node.name, suite=suite, cfg=cfg,
                           workload=wl, load=load, backend=get_state(request.config).options.backend,
                           sglang_version=live.sglang_version or "")
-        rec.update(deployment_fields(live))
+        rec.update(redact(deployment_fields(live)))
         measured = engine.measure(live, wl, load, suite.slos, cfg.gpus)
         from pytest_sglang_tune.plugin import _fill_metrics
 

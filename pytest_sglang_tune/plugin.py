@@ -24,6 +24,7 @@ from pytest_sglang_tune.errors import (
     InfeasibleConfig,
     TuneError,
 )
+from pytest_sglang_tune.redact import redact
 from pytest_sglang_tune.results import now_iso
 
 BACKEND_NAMES = ("sim", "local", "docker", "ome")
@@ -265,7 +266,7 @@ class SuiteItem(pytest.Item):
         except BaseException as exc:
             _note_error(self, exc)
             raise
-        self.record.update(deployment_fields(self.live))
+        self.record.update(redact(deployment_fields(self.live)))
 
     def runtest(self) -> None:
         engine = get_engine(self.config)
@@ -371,12 +372,16 @@ class ResultCollector:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         st = get_state(self.config)
         records = [v for k, v in report.user_properties if k == RESULT_KEY]
         if not records:
             return
         error: dict[str, Any] = next((v for k, v in reversed(report.user_properties) if k == ERROR_KEY), {})  # type: ignore[misc]
+        # JUnit XML (and other readers of user_properties) get flat, redacted key metrics, not the whole record
+        report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RESULT_KEY, ERROR_KEY)]
+        report.user_properties += junit_properties(records)
         pend = st.pending.setdefault(report.nodeid, {})
         pend["records"] = records
         if report.when == "setup":
@@ -400,6 +405,31 @@ class ResultCollector:
             if report.failed and done.get("status") in (None, "passed"):
                 done["status"], done["reason"] = "error", "teardown failed: " + _short(report)
             _finish(st, done)
+
+
+JUNIT_METRICS = ("output_throughput", "output_throughput_per_gpu", "request_throughput", "goodput", "error_rate",
+                 "ttft_ms.p50", "ttft_ms.p99", "itl_ms.p50", "itl_ms.p95", "tpot_ms.mean", "e2e_ms.p99")
+
+
+def junit_properties(records: list[dict[str, Any]]) -> list[tuple[str, object]]:
+    from pytest_sglang_tune.grammar import parse_metric
+    from pytest_sglang_tune.redact import redact
+
+    props: list[tuple[str, object]] = []
+    for i, rec in enumerate(records):
+        prefix = "sglang" if len(records) == 1 else f"sglang.{i}"
+        load = rec.get("load") or {}
+        props += [(f"{prefix}.config_id", rec.get("config_id")),
+                  (f"{prefix}.workload", (rec.get("workload") or {}).get("name")),
+                  (f"{prefix}.load", ",".join(f"{k}={v}" for k, v in load.items() if v is not None))]
+        metrics = rec.get("metrics") or {}
+        for name in JUNIT_METRICS if metrics else ():
+            value = parse_metric(name).value(metrics)
+            if value is not None:
+                props.append((f"{prefix}.{name}", round(value, 4)))
+        if rec.get("slo_pass") is not None:
+            props.append((f"{prefix}.slo_pass", rec["slo_pass"]))
+    return redact(props)  # type: ignore[no-any-return]
 
 
 def _finish(st: State, done: dict[str, Any]) -> None:

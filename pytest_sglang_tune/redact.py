@@ -94,7 +94,9 @@ def _assign_sub(m: re.Match[str]) -> str:
         return f"{m['name']}='{REDACTED}'" if m["sq"].lower() not in _EMPTY else m[0]
     if m["dq"] is not None:
         return f'{m["name"]}="{REDACTED}"' if m["dq"].lower() not in _EMPTY else m[0]
-    return f"{m['name']}={REDACTED}" if m["bare"].lower() not in _EMPTY else m[0]
+    if m["bare"].lower() in _EMPTY or m["bare"].startswith(REDACTED):  # already redacted (e.g. a config_id)
+        return m[0]
+    return f"{m['name']}={REDACTED}"
 
 
 def _json_sub(m: re.Match[str]) -> str:

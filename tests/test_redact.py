@@ -110,3 +110,11 @@ def test_redaction_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
     once = redact({"cmd": "--api-key sk-openai-abcdef https://u:p@h/?token=t", "argv": ["--api-key", "x"]})
     assert redact(once) == once
     assert "sk-openai" not in repr(once)
+
+
+def test_already_redacted_config_id_keeps_its_hash() -> None:
+    from pytest_sglang_tune.redact import redact_text
+
+    assert redact_text("api-key=***,tp-size=2~1a2b3c") == "api-key=***,tp-size=2~1a2b3c"
+    assert redact_text("api-key=***~1a2b3c") == "api-key=***~1a2b3c"
+    assert redact_text("api-key=sk-abcdef~1") == "api-key=***"

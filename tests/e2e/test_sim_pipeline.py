@@ -1,0 +1,183 @@
+"""The whole pipeline over real HTTP: suite → tests → simulated SGLang → metrics → ranked reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pytest_sglang_tune.results import load_report
+
+pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.slow
+LAUNCHERS = Path(__file__).with_name("launchers.py")
+
+
+def suite(model: str, *, grid: str = "schedule-policy: [lpm, fcfs]", fixed: str = "{enable-metrics: true}",
+          concurrency: str = "[1, 4]", num_requests: str = "[2, 8]", launcher: str = "", output: int = 16,
+          slos: str = '["ttft_ms.p99 <= 5000"]') -> str:
+    launch = f", launcher: {json.dumps(launcher)}" if launcher else ""
+    return f"""\
+model: {{path: {model}, served_name: tiny}}
+backends:
+  sim: {{gpu: h100_sxm{launch}}}
+server:
+  fixed: {fixed}
+  grid: {{{grid}}}
+workloads:
+  - name: chat
+    scenario: D(64,{output})
+    num_requests: {num_requests}
+    warmup_requests: 1
+    concurrency: {concurrency}
+slos: {slos}
+objective: {{maximize: output_throughput_per_gpu}}
+"""
+
+
+def unique_model() -> str:
+    return "Qwen/Qwen3-8B"  # the sim knows this model; uniqueness comes from the served name per test
+
+
+def sim_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "pytest_sglang_tune.sim" in cmd and tag in cmd:
+            found.append(p)
+    return found
+
+
+def records(run_root: Path) -> list[dict]:  # type: ignore[type-arg]
+    (log,) = run_root.glob("*/results.jsonl")
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_pipeline_end_to_end(pytester: pytest.Pytester) -> None:
+    tag = f"tiny-{uuid.uuid4().hex[:8]}"
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B").replace("served_name: tiny", f"served_name: {tag}"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*sglang-tune: top configurations*", "*chat*", "json: *report.json"])
+    (report_path,) = (pytester.path / "reports").glob("*/report.json")
+    report = load_report(report_path)
+    assert report["run"]["backend"] == "sim"
+    assert len(report["results"]) == 4
+    for res in report["results"]:
+        assert res["status"] == "passed"
+        m = res["metrics"]
+        assert m["completed"] == res["workload"]["num_requests"]
+        assert m["ttft_ms"]["p50"] > 0 and m["itl_ms"]["p50"] > 0 and m["output_throughput"] > 0
+        assert res["perf_model"] and res["launch_command"].count("--schedule-policy") <= 1
+        assert res["sglang_version"] == "0.5.23"
+    assert {r["load"]["concurrency"] for r in report["ranking"]} == {1, 4}
+    assert [r["rank"] for r in report["ranking"] if r["load"]["concurrency"] == 4] == [1, 2]
+    assert (report_path.parent / "report.html").read_text().count("<html") == 1
+    assert not sim_processes(tag), "the sim server outlived the session"
+
+
+def test_flags_not_applied_is_an_error(pytester: pytest.Pytester) -> None:
+    launcher = f"{sys.executable} {LAUNCHERS} drop:--schedule-policy"
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", grid="schedule-policy: [lpm]", launcher=launcher,
+                                               concurrency="[1]", num_requests="[2]"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*FlagsNotApplied: flags not applied: --schedule-policy='lpm' "
+                                 "(the server runs with 'fcfs')*"])
+
+
+def test_crash_mid_point_fails_that_point_and_redeploys(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    launcher = f"{sys.executable} {LAUNCHERS} crash-after:1.0"
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", grid="schedule-policy: [lpm]", launcher=launcher,
+                                               concurrency="[1, 2]", num_requests="[40, 4]", output=200))
+    env_marker = tmp_path / "crashed"
+    os.environ["CRASH_MARKER"] = str(env_marker)
+    try:
+        start = time.monotonic()
+        result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider")
+    finally:
+        del os.environ["CRASH_MARKER"]
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*ServerCrashed: server crashed during the point: the server process*",
+                                 "*CUDA out of memory*"])
+    assert time.monotonic() - start < 120
+    recs = {r["load"]["concurrency"]: r for r in records(pytester.path / "reports")}
+    assert recs[1]["status"] == "failed" and "crashed" in recs[1]["reason"]
+    assert recs[2]["status"] == "passed"
+
+
+def test_ctrl_c_stops_the_server_and_keeps_results(tmp_path: Path) -> None:
+    tag = f"tiny-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "tune_long.yaml").write_text(
+        suite("Qwen/Qwen3-8B", concurrency="[1, 2]", num_requests="[1, 60]", output=200)
+        .replace("served_name: tiny", f"served_name: {tag}"))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "tune_long.yaml", "--backend=sim", "-p",
+                             "no:cacheprovider", "-q"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        log = None
+        while time.monotonic() < deadline:  # wait for the first finished test, then interrupt the second
+            found = list((tmp_path / "reports").glob("*/results.jsonl"))
+            if found and found[0].read_text().count("\n") >= 1 and sim_processes(tag):
+                log = found[0]
+                break
+            time.sleep(0.2)
+        assert log is not None, "no result was recorded in time"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    lines = log.read_text().splitlines()
+    assert len(lines) >= 1 and all(json.loads(line)["config_id"] for line in lines)
+    report = load_report(log.parent / "report.json")
+    assert report["run"]["interrupted"] is True
+    assert len(report["results"]) >= 1
+    deadline = time.monotonic() + 10
+    while sim_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not sim_processes(tag), "Ctrl-C left a sim server running"
+
+
+def test_python_suite_fixtures(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_custom="""
+        import pytest
+
+        @pytest.mark.sglang_tune(model="Qwen/Qwen3-8B", server={"grid": {"schedule-policy": ["lpm", "fcfs"]}},
+                                 slos=["ttft_ms.p99 <= 5000"])
+        def test_short(sglang_server, sglang_bench):
+            assert sglang_server.server_info["schedule_policy"] in ("lpm", "fcfs")
+            metrics = sglang_bench("D(32,8)", concurrency=2, num_requests=4)
+            assert metrics["completed"] == 4 and metrics["error_rate"] == 0
+    """)
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_short?lpm? PASSED*", "*test_short?fcfs? PASSED*"])
+    recs = records(pytester.path / "reports")
+    assert {r["server_args"].get("schedule-policy", "fcfs") for r in recs} == {"lpm", "fcfs"}
+    assert all(r["status"] == "passed" and r["metrics"]["completed"] == 4 for r in recs)
+
+
+def test_secrets_never_reach_reports_logs_or_ids(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret, hf = "sk-topsecret-4242", "hf_verysecret_9999"
+    monkeypatch.setenv("HF_TOKEN", hf)
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", fixed=f"{{api-key: {secret}}}",
+                                               grid="schedule-policy: [lpm]", concurrency="[1]",
+                                               num_requests="[2]"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "--junitxml=junit.xml", "-v")
+    result.assert_outcomes(passed=1)  # the load generator authenticated with the key
+    texts = [result.stdout.str()] + [p.read_text(errors="replace") for p in pytester.path.rglob("*")
+                                     if p.is_file() and p.suffix in (".json", ".jsonl", ".html", ".xml", ".log")]
+    for text in texts:
+        assert secret not in text and hf not in text
