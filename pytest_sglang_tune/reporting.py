@@ -53,7 +53,12 @@ def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[st
     from pytest_sglang_tune.results import build_report, machine_info, suite_objectives, write_report
 
     suites = suites_info(st.suite_files, st.records)
-    cap = st.engine.capacity() if st.engine is not None else None
+    try:  # under xdist the controller never deployed: ask the backend (cheap, touches no server)
+        from pytest_sglang_tune.plugin import get_engine
+
+        cap = get_engine(config).capacity()
+    except Exception:
+        cap = None
     run = {
         "id": st.run_id,
         "started_at": st.started_at,
