@@ -12,7 +12,7 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,13 @@ class Engine:
             self._capacity = self.backend.capacity()
         return self._capacity
 
-    def capacity_problem(self, cfg: TuneConfig) -> str | None:
+    def needs_gpus(self, settings: Mapping[str, Any]) -> bool:
+        """A property of the launcher or image (the sim has virtual GPUs), not of the backend."""
+        return bool(settings.get("needs_gpus", getattr(self.backend, "needs_gpus_default", True)))
+
+    def capacity_problem(self, cfg: TuneConfig, settings: Mapping[str, Any] | None = None) -> str | None:
+        if settings is not None and settings.get("needs_gpus") is False and self.options.gpus is None:
+            return None  # e.g. a local launcher that runs the sim: host GPUs do not matter
         cap = self.capacity()
         if cfg.gpus > cap.gpus:
             return (f"config needs {cfg.gpus} GPU(s) (tp × dp × pp) but {cap.gpus} available "
@@ -91,14 +97,17 @@ class Engine:
             self.release()
         elif self.live is not None:
             self.release()
-        problem = self.capacity_problem(cfg)
+        settings = dict(suite.backend_settings(self.options.backend))
+        problem = self.capacity_problem(cfg, settings)
         if problem:
             raise CapacityError(problem, config_id=cfg.config_id)
         from pytest_sglang_tune.backends.leases import GpuLeases
         from pytest_sglang_tune.readiness import check_flags_applied, get_server_info, wait_ready
 
-        settings = dict(suite.backend_settings(self.options.backend))
-        leases = GpuLeases(self.lease_dir, self.capacity().gpus)
+        total = self.capacity().gpus
+        if not self.needs_gpus(settings):
+            total = max(total, cfg.gpus)
+        leases = GpuLeases(self.lease_dir, total)
         lease = leases.acquire(cfg.gpus, owner=f"{cfg.suite}/{cfg.config_id}")
         deployment = None
         try:
@@ -154,7 +163,7 @@ class Engine:
         """Run one point and return (metrics block, extras)."""
         from pytest_sglang_tune.loadgen.runner import run_point
         from pytest_sglang_tune.metrics import summarize
-        from pytest_sglang_tune.readiness import flush_and_drain
+        from pytest_sglang_tune.readiness import flush_and_drain, get_server_info
 
         if live.points:
             flush_and_drain(live.deployment)
@@ -174,7 +183,20 @@ class Engine:
             self.release()  # the next test of this config redeploys
             raise
         metrics = summarize(point, gpus=gpus, slos=slos)
-        return {"metrics": metrics, "warnings": list(point.warnings), "server_metrics": point.server_metrics}
+        warnings = list(point.warnings)
+        sim_lag = None
+        sim = get_server_info(live.deployment).get("sim")
+        if isinstance(sim, dict):
+            lag = sim.get("lag")
+            if isinstance(lag, dict):
+                sim_lag = lag
+                if lag.get("warning"):
+                    warnings.append(f"the simulated server fell behind real time: {lag['warning']}")
+            if sim.get("not_modelled"):
+                warnings.append("flags not modelled by the sim (accepted, no effect): " +
+                                ", ".join(map(str, sim["not_modelled"])))
+        return {"metrics": metrics, "warnings": warnings, "server_metrics": point.server_metrics,
+                "sim_lag": sim_lag}
 
 
 def base_record(*, nodeid: str, display_id: str, suite: Suite, cfg: TuneConfig, workload: Workload | None,

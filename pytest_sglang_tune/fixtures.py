@@ -71,7 +71,7 @@ def sglang_server(request: pytest.FixtureRequest, sglang_config: Any) -> Server:
 
     suite, cfg, table = sglang_config
     engine = get_engine(request.config)
-    problem = engine.capacity_problem(cfg)
+    problem = engine.capacity_problem(cfg, suite.backend_settings(get_state(request.config).options.backend))
     if problem:
         if get_state(request.config).options.require_capacity:
             pytest.fail(problem + " (--sglang-require-capacity)", pytrace=False)

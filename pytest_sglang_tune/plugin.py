@@ -196,10 +196,13 @@ class _XdistHooks:
         node.workerinput["sglang_tune_started_at"] = st.started_at
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    # A config's tests must stay on one worker: with -n and no --dist, use xdist's loadgroup.
-    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") == "no":
+@pytest.hookimpl(hookwrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Iterator[None]:
+    # A config's tests must stay on one worker: with -n and no --dist of the user's, use xdist's loadgroup
+    # (xdist itself turns "no" into "load" in its own pytest_cmdline_main; this runs around it).
+    user_dist = getattr(config.option, "dist", "no")
+    yield
+    if getattr(config.option, "numprocesses", None) and user_dist == "no":
         config.option.dist = "loadgroup"
 
 
@@ -333,7 +336,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     engine = get_engine(config)
     for it in tune_items:
         st.suite_files[it.suite.name] = str(it.suite.path)
-        problem = engine.capacity_problem(it.cfg)
+        problem = engine.capacity_problem(it.cfg, it.suite.backend_settings(st.options.backend))
         if problem is None:
             continue
         if st.options.require_capacity:

@@ -157,3 +157,17 @@ def test_make_backend_hook_replaces_the_backend(pytester: pytest.Pytester) -> No
     result = pytester.runpytest("-rs")
     result.assert_outcomes(skipped=8)
     result.stdout.fnmatch_lines(["*but 0 available (custom backend with no GPUs)*"])
+
+
+def test_gpu_need_is_a_property_of_the_launcher(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_sglang_tune.backends.gpus as gpus
+
+    monkeypatch.setattr(gpus, "detect_gpus", lambda: (0, "no GPU on this host (test)"))
+    sim = "python -m pytest_sglang_tune.sim"
+    pytester.makefile(".yaml", tune_demo=suite_text(sim))
+    result = pytester.runpytest("--backend=local", "-rs", "-k", "lpm-tp1 and c1")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*config needs 2 GPU(s) (tp × dp × pp) but 0 available (no GPU on this host*"])
+    pytester.makefile(".yaml", tune_demo=suite_text(sim, extra=", needs_gpus: false"))
+    result = pytester.runpytest("--backend=local", "-rs", "-k", "lpm-tp1 and c1")
+    result.assert_outcomes(passed=1)

@@ -181,3 +181,78 @@ def test_secrets_never_reach_reports_logs_or_ids(pytester: pytest.Pytester, monk
                                      if p.is_file() and p.suffix in (".json", ".jsonl", ".html", ".xml", ".log")]
     for text in texts:
         assert secret not in text and hf not in text
+
+
+def test_rank_and_update_report_hooks(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        def pytest_sglang_tune_rank(config, results, objectives):
+            # rank by config_id, descending, ignoring the objective
+            ordered = sorted(results, key=lambda r: r["config_id"], reverse=True)
+            return [{"suite": r["suite"], "workload": r["workload"]["name"], "load": r["load"], "rank": i + 1,
+                     "config_id": r["config_id"], "score": None, "slo_pass": r["slo_pass"]}
+                    for i, r in enumerate(ordered)]
+
+        def pytest_sglang_tune_update_report(config, report):
+            report["run"]["commit"] = "abc123"
+    """)
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", concurrency="[2]", num_requests="[2]"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    (path,) = (pytester.path / "reports").glob("*/report.json")
+    report = load_report(path)
+    assert report["run"]["commit"] == "abc123"
+    ids = [r["config_id"] for r in report["ranking"]]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 2
+
+
+def test_xdist_keeps_configs_on_one_worker_and_reports_once(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", concurrency="[1, 2]", num_requests="[2, 2]"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "-n", "2", "--gpus=2", "-v")
+    result.assert_outcomes(passed=4)
+    (path,) = (pytester.path / "reports").glob("*/report.json")  # written once, by the controller
+    report = load_report(path)
+    assert report["run"]["gpus"] == 2 and len(report["results"]) == 4
+    by_config: dict[str, set[str]] = {}
+    for line in result.stdout.lines:  # "[gw0] PASSED tune_demo.yaml::chat[lpm-c1]@sglang-..."
+        if "PASSED" in line and line.startswith("[gw"):
+            worker = line.split("]")[0] + "]"
+            nodeid = line.partition(" PASSED ")[2]
+            by_config.setdefault(nodeid.split("[")[1].rsplit("-c", 1)[0], set()).add(worker)
+    assert len(by_config) == 2 and all(len(w) == 1 for w in by_config.values()), by_config
+    assert all(r["status"] == "passed" and len(r["gpus_used"]) == 1 for r in report["results"])
+
+
+def test_bench_command_against_the_sim(tmp_path: Path) -> None:
+    from pytest_sglang_tune.backends.local import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "pytest_sglang_tune.sim", "--model-path", "Qwen/Qwen3-8B",
+                               "--port", str(port), "--served-model-name", "q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import requests
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        out = tmp_path / "bench.json"
+        proc = subprocess.run([sys.executable, "-m", "pytest_sglang_tune.cli", "bench", "--url",
+                               f"http://127.0.0.1:{port}", "--model", "q", "--scenario", "D(128,16)",
+                               "--concurrency", "1", "--concurrency", "4", "--num-requests", "8", "-o", str(out)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    report = load_report(out)
+    assert [r["load"]["concurrency"] for r in report["results"]] == [1, 4]
+    for r in report["results"]:
+        m = r["metrics"]
+        assert m["completed"] == 8 and m["failed"] == 0
+        # exact token-id prompts: served lengths equal requested ones (the sim tokenizes independently)
+        assert m["self_check"]["input_mismatches"] == 0 and m["self_check"]["output_mismatches"] == 0
+        assert m["self_check"]["served_input_mean"] == 128
