@@ -108,7 +108,8 @@ class Engine:
         if not self.needs_gpus(settings):
             total = max(total, cfg.gpus)
         leases = GpuLeases(self.lease_dir, total)
-        lease = leases.acquire(cfg.gpus, owner=f"{cfg.suite}/{cfg.config_id}")
+        lease = leases.acquire(cfg.gpus, owner=f"{cfg.suite}/{cfg.config_id}",
+                               busy=getattr(self.backend, "busy_devices", None))
         deployment = None
         try:
             spec = DeploymentSpec(

@@ -49,6 +49,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="seconds to wait for a server to become ready (default: sim 120, others 1800)")
     g.addoption("--sglang-launcher", default=None,
                 help="local backend: the launcher command (default: 'python -m sglang.launch_server')")
+    g.addoption("--sglang-loadgen-procs", type=int, default=None,
+                help="load generator processes per point (default 1; more when one core cannot keep up)")
+    d = parser.getgroup("sglang-tune-docker", "SGLang tuning: docker backend")
+    d.addoption("--sglang-image", default=None, help="docker: the SGLang image (overrides the suite's)")
+    d.addoption("--sglang-fake-gpus", type=int, default=None,
+                help="docker, TESTS ONLY: pretend the host has N GPUs; leased ids reach the container through an "
+                     "environment variable instead of a DeviceRequest")
+    d.addoption("--sglang-docker-network", default=None, choices=("bridge", "host"),
+                help="docker: publish the port on 127.0.0.1 (bridge, default) or use host networking")
+    d.addoption("--sglang-hf-cache", default=None,
+                help="docker: Hugging Face cache mounted into containers (default ~/.cache/huggingface)")
+    k = parser.getgroup("sglang-tune-ome", "SGLang tuning: ome backend (Kubernetes)")
+    k.addoption("--sglang-kubeconfig", default=None, help="ome: kubeconfig (default: $KUBECONFIG, ~/.kube/config, "
+                                                          "or in-cluster)")
+    k.addoption("--sglang-namespace", default=None, help="ome: namespace for InferenceServices (default: the "
+                                                         "suite's, else 'default')")
+    k.addoption("--sglang-ome-url", default=None, choices=("auto", "direct", "tunnel"),
+                help="ome: reach the server at status.url (direct) or through a port-forward (tunnel); default auto")
+    k.addoption("--sglang-sweep", action="store_true", default=False,
+                help="ome: remove objects of our label left by dead earlier runs (opt-in: clusters are shared)")
     parser.addini("sglang_backend", "default --backend", default="sim")
     parser.addini("sglang_gpus", "default --gpus", default="")
     parser.addini("sglang_report_dir", "default --sglang-report-dir", default="reports")
@@ -161,8 +181,12 @@ def pytest_sglang_tune_make_backend(config: pytest.Config, name: str, gpus: int 
         from pytest_sglang_tune.backends.local import LocalBackend
 
         return LocalBackend(gpus=gpus, launcher=st.options.launcher, log_dir=log_dir)
-    raise pytest.UsageError(f"--backend={name}: this backend is not available in this version of "
-                            "pytest-sglang-tune yet; use sim or local.")
+    if name in ("docker", "ome"):
+        import importlib
+
+        module = importlib.import_module(f"pytest_sglang_tune.backends.{name}")
+        return module.make_backend(config, gpus=gpus, log_dir=log_dir, run_id=st.run_id)
+    raise pytest.UsageError(f"--backend={name}: unknown backend")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -503,6 +527,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(line)
     for kind, path in st.report_paths.items():
         tr.write_line(f"{kind}: {path}")
+    notes = getattr(st.engine.backend, "session_notes", None) if st.engine is not None else None
+    for note in notes or ():
+        tr.write_line(f"{st.options.backend}: {note}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
