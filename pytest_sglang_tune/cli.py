@@ -2,6 +2,7 @@
 
     sglang-tune report REPORT.json [-o OUT.html]   re-render the HTML report from a report.json
     sglang-tune validate SUITE...                  check suites and their SGLang flags without deploying
+    sglang-tune diff OLD.json NEW.json [--fail-on 'output_throughput:-5%']   compare two runs
     sglang-tune bench --url URL --model M ...      benchmark a running server, write a report.json
 
 Exit codes: 0 ok, 1 a suite or report problem, 2 usage error.
@@ -34,6 +35,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Check suites (YAML, server space, SGLang flags) without deploying anything.",
     )
     val.add_argument("suites", nargs="+", type=Path, metavar="SUITE")
+    dif = sub.add_parser("diff", help="compare two report.json files (e.g. two SGLang releases)",
+                         description="Match results by (suite, workload content, load, config_id) and show what "
+                                     "changed. Exit 0: no threshold crossed; 1: a --fail-on threshold was crossed; "
+                                     "2: usage error; 3: the reports are not comparable.")
+    dif.add_argument("old", type=Path, metavar="OLD.json")
+    dif.add_argument("new", type=Path, metavar="NEW.json")
+    dif.add_argument("--fail-on", action="append", default=[], metavar="METRIC:±N%",
+                     help="fail when a metric moves past N %%: 'output_throughput:-5%%', 'ttft_ms.p99:+10%%'")
+    dif.add_argument("--fail-on-best", action="store_true",
+                     help="check thresholds only on each workload's best config (in NEW)")
+    dif.add_argument("--allow-different", action="store_true",
+                     help="compare even when backend, GPU type, model, perf model or workload content differ")
+    dif.add_argument("--metric", action="append", default=[], help="metrics to compare (default: key metrics)")
+    dif.add_argument("--html", type=Path, default=None, help="also write an HTML diff here")
     from pytest_sglang_tune.bench import add_parser as add_bench
 
     add_bench(sub)
@@ -78,6 +93,36 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if bad else EXIT_OK
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from pytest_sglang_tune import diff
+    from pytest_sglang_tune.errors import GrammarError
+    from pytest_sglang_tune.results import ReportError, atomic_write_text, load_report
+
+    try:
+        thresholds = [diff.parse_threshold(t) for t in args.fail_on]
+        metrics = [str(diff.parse_metric(m)) for m in args.metric] or list(diff.DEFAULT_METRICS)
+    except GrammarError as exc:
+        print(f"sglang-tune diff: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        old, new = load_report(args.old), load_report(args.new)
+    except ReportError as exc:
+        print(f"sglang-tune diff: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    try:
+        result = diff.diff_reports(old, new, thresholds=thresholds, metrics=metrics,
+                                   fail_on_best=args.fail_on_best, allow_different=args.allow_different)
+    except diff.IncomparableReports as exc:
+        print(f"sglang-tune diff: refused: {exc}", file=sys.stderr)
+        return 3
+    for line in diff.format_terminal(result, color=sys.stdout.isatty()):
+        print(line)
+    if args.html:
+        atomic_write_text(args.html, diff.render_html(result, str(args.old), str(args.new)))
+        print(f"wrote {args.html}")
+    return EXIT_PROBLEM if result.failed else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sglang-tune`` command line; returns the exit code."""
     parser = _parser()
@@ -89,12 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_report(args)
     if args.command == "validate":
         return _cmd_validate(args)
+    if args.command == "diff":
+        return _cmd_diff(args)
     if args.command == "bench":
         from pytest_sglang_tune.bench import run as run_bench
 
         return run_bench(args)
     parser.print_usage(sys.stderr)
-    print("sglang-tune: error: a command is required (report, validate, bench)", file=sys.stderr)
+    print("sglang-tune: error: a command is required (report, validate, diff, bench)", file=sys.stderr)
     return EXIT_USAGE
 
 
