@@ -39,6 +39,25 @@ class Options:
     ready_timeout: float | None = None
     launcher: str | None = None
     keep_logs: bool = True
+    slos: tuple[Any, ...] | None = None       # --sglang-slo: replaces every suite's SLOs
+    objective: Any = None                     # --sglang-objective
+    gpu_hour_price: float | None = None
+    baseline: Path | None = None
+    fail_on: tuple[Any, ...] = ()
+    loadgen_procs: int = 1
+
+    def apply(self, suite: Suite) -> Suite:
+        """The suite as this run sees it: command-line SLOs/objective/price override the suite's."""
+        from dataclasses import replace
+
+        changes: dict[str, Any] = {}
+        if self.slos is not None:
+            changes["slos"] = self.slos
+        if self.objective is not None:
+            changes["objective"] = self.objective
+        if self.gpu_hour_price is not None:
+            changes["gpu_hour_price"] = self.gpu_hour_price
+        return replace(suite, **changes) if changes else suite
 
 
 @dataclass

@@ -50,7 +50,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     data = dict(marker.kwargs)
     data.setdefault("name", metafunc.definition.originalname)
-    suite = suite_from_data(data, Path(str(metafunc.definition.path)), require_workloads=False)
+    from pytest_sglang_tune.plugin import get_state
+
+    suite = get_state(metafunc.config).options.apply(
+        suite_from_data(data, Path(str(metafunc.definition.path)), require_workloads=False))
     exp = expand(suite)
     configs = list(exp.configs)
     metafunc.config.hook.pytest_sglang_tune_modify_space(config=metafunc.config, suite=suite, configs=configs)
@@ -115,7 +118,7 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
         measured = engine.measure(live, wl, load, suite.slos, cfg.gpus)
         from pytest_sglang_tune.plugin import _fill_metrics
 
-        _fill_metrics(rec, measured, suite.slos, live)
+        _fill_metrics(rec, measured, suite, cfg.gpus)
         request.node.user_properties.append((RESULT_KEY, rec))
         return dict(measured["metrics"])
 

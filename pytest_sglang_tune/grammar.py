@@ -34,6 +34,7 @@ SCALAR_METRICS: dict[str, str] = {
     "error_rate": "failed requests / all requests",
     "completed": "completed requests",
     "failed": "failed requests",
+    "cost_per_mtok": "GPU cost per million output tokens (needs a GPU-hour price)",
 }
 STATS: tuple[str, ...] = ("mean", "p50", "p90", "p95", "p99")
 # Per-request SLOs: the ones goodput checks request by request (TTFT, ITL, E2E and TPOT of one request).

@@ -49,6 +49,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="seconds to wait for a server to become ready (default: sim 120, others 1800)")
     g.addoption("--sglang-launcher", default=None,
                 help="local backend: the launcher command (default: 'python -m sglang.launch_server')")
+    g.addoption("--sglang-slo", action="append", default=None, metavar="SLO",
+                help="an SLO ('ttft_ms.p99 <= 2000'); repeat for several; replaces every suite's SLOs")
+    g.addoption("--sglang-objective", default=None, metavar="OBJECTIVE",
+                help="'maximize: <metric>' or 'minimize: <metric>'; replaces every suite's objective")
+    g.addoption("--sglang-gpu-hour-price", default=None, metavar="USD",
+                help="price of one GPU-hour, for the cost_per_mtok metric (overrides the suite's gpu_hour_price)")
+    g.addoption("--sglang-baseline", default=None, metavar="REPORT.json",
+                help="compare each point with this earlier report; with --sglang-fail-on, regressions fail")
+    g.addoption("--sglang-fail-on", action="append", default=None, metavar="METRIC:±N%",
+                help="with --sglang-baseline: fail a test whose metric moves past N%% ('output_throughput:-5%%')")
     g.addoption("--sglang-loadgen-procs", type=int, default=None,
                 help="load generator processes per point (default 1; more when one core cannot keep up)")
     d = parser.getgroup("sglang-tune-docker", "SGLang tuning: docker backend")
@@ -118,8 +128,48 @@ def parse_timeout(value: Any) -> float | None:
     return t
 
 
+def parse_grammar_options(config: pytest.Config) -> dict[str, Any]:
+    from pytest_sglang_tune.diff import parse_threshold
+    from pytest_sglang_tune.errors import GrammarError
+    from pytest_sglang_tune.grammar import parse_objective, parse_slo
+
+    out: dict[str, Any] = {}
+    try:
+        slos = config.getoption("sglang_slo")
+        if slos is not None:
+            out["slos"] = tuple(parse_slo(s) for s in slos)
+        obj = config.getoption("sglang_objective")
+        if obj is not None:
+            out["objective"] = parse_objective(obj)
+        out["fail_on"] = tuple(parse_threshold(t) for t in config.getoption("sglang_fail_on") or ())
+    except GrammarError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    price = config.getoption("sglang_gpu_hour_price")
+    if price is not None:
+        try:
+            out["gpu_hour_price"] = float(price)
+        except ValueError:
+            out["gpu_hour_price"] = -1.0
+        if out["gpu_hour_price"] <= 0:
+            raise pytest.UsageError(f"--sglang-gpu-hour-price={price!r} is not valid: give a price > 0 (e.g. 2.5).")
+    baseline = config.getoption("sglang_baseline")
+    if baseline:
+        out["baseline"] = Path(baseline)
+        if not out["baseline"].is_file():
+            raise pytest.UsageError(f"--sglang-baseline={baseline!r}: no such report file.")
+    elif out["fail_on"]:
+        raise pytest.UsageError("--sglang-fail-on needs --sglang-baseline=REPORT.json to compare against.")
+    procs = config.getoption("sglang_loadgen_procs")
+    if procs is not None:
+        if procs < 1:
+            raise pytest.UsageError(f"--sglang-loadgen-procs={procs} is not valid: give 1 or more.")
+        out["loadgen_procs"] = procs
+    return out
+
+
 def parse_options(config: pytest.Config) -> Options:
     return Options(
+        **parse_grammar_options(config),
         backend=parse_backend(str(_opt(config, "sglang_backend", "sglang_backend") or "sim")),
         gpus=parse_gpus(_opt(config, "sglang_gpus", "sglang_gpus")),
         report_dir=Path(str(_opt(config, "sglang_report_dir", "sglang_report_dir") or "reports")),
@@ -147,6 +197,7 @@ class State:
     suite_files: dict[str, str] = field(default_factory=dict)
     log: Any = None
     report_paths: dict[str, Path] = field(default_factory=dict)
+    baseline: dict[Any, dict[str, Any]] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -245,7 +296,7 @@ class SuiteFile(pytest.File):
         from pytest_sglang_tune.space import expand
         from pytest_sglang_tune.suite import load_suite
 
-        suite = load_suite(self.path)
+        suite = get_state(self.config).options.apply(load_suite(self.path))
         exp = expand(suite)
         configs = list(exp.configs)
         self.config.hook.pytest_sglang_tune_modify_space(config=self.config, suite=suite, configs=configs)
@@ -302,11 +353,14 @@ class SuiteItem(pytest.Item):
         except BaseException as exc:
             _note_error(self, exc)
             raise
-        _fill_metrics(self.record, out, self.suite.slos, self.live)
+        _fill_metrics(self.record, out, self.suite, self.cfg.gpus)
         metrics = out["metrics"]
         if not metrics.get("completed"):
             raise TuneError(f"no request completed ({metrics.get('failed')} failed); "
                             f"errors: {', '.join(out['warnings']) or 'see the server log'}")
+        regressions = check_baseline(self.config, self.record)
+        if regressions:
+            pytest.fail("regressed against the baseline: " + "; ".join(regressions), pytrace=False)
         if get_state(self.config).options.strict_slo and not self.record["slo_pass"]:
             missed = [s for s, ok in self.record["slo_results"].items() if not ok]
             pytest.fail("SLO missed (--sglang-strict-slo): " + "; ".join(
@@ -321,6 +375,30 @@ class SuiteItem(pytest.Item):
         return self.path, 0, f"{self.suite.name}::{self.name}"
 
 
+def check_baseline(config: pytest.Config, record: dict[str, Any]) -> list[str]:
+    """--sglang-baseline/--sglang-fail-on: the thresholds this point crosses against the baseline's same point."""
+    st = get_state(config)
+    if st.options.baseline is None:
+        return []
+    from pytest_sglang_tune.diff import match_key
+    from pytest_sglang_tune.results import load_report
+
+    if st.baseline is None:
+        st.baseline = {match_key(r): r for r in load_report(st.options.baseline)["results"]}
+    base = st.baseline.get(match_key(record))
+    if base is None:
+        record.setdefault("warnings", []).append("no matching point in the baseline report")
+        return []
+    record["baseline_metrics"] = base.get("metrics")
+    out = []
+    for t in st.options.fail_on:
+        old, new = t.metric.value(base.get("metrics") or {}), t.metric.value(record.get("metrics") or {})
+        if old is not None and new is not None and t.crossed(old, new):
+            pct = (new - old) / abs(old) * 100
+            out.append(f"{t.metric} {old:.4g} → {new:.4g} ({pct:+.1f}%) crosses {t}")
+    return out
+
+
 def _measured(metrics: dict[str, Any], slo_text: str) -> Any:
     from pytest_sglang_tune.grammar import parse_slo
 
@@ -328,8 +406,12 @@ def _measured(metrics: dict[str, Any], slo_text: str) -> Any:
     return "n/a" if v is None else round(v, 3)
 
 
-def _fill_metrics(record: dict[str, Any], out: dict[str, Any], slos: Any, live: Any) -> None:
+def _fill_metrics(record: dict[str, Any], out: dict[str, Any], suite: Any, gpus: int) -> None:
     metrics = out["metrics"]
+    slos = suite.slos
+    thr = metrics.get("output_throughput")
+    metrics["cost_per_mtok"] = (suite.gpu_hour_price * gpus / 3600.0 / thr * 1e6
+                                if suite.gpu_hour_price and thr else None)
     record["metrics"] = metrics
     record["slo_results"] = {str(s): s.check(metrics) for s in slos}
     record["slo_pass"] = all(record["slo_results"].values())

@@ -171,3 +171,32 @@ def test_gpu_need_is_a_property_of_the_launcher(pytester: pytest.Pytester, monke
     pytester.makefile(".yaml", tune_demo=suite_text(sim, extra=", needs_gpus: false"))
     result = pytester.runpytest("--backend=local", "-rs", "-k", "lpm-tp1 and c1")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sglang-slo=ttft_ms.p42 <= 1"], "*unknown stat 'p42' in metric 'ttft_ms.p42'; valid stats: mean, p50*"),
+        (["--sglang-objective=maximise: goodput"], "*objective direction 'maximise' is not valid*"),
+        (["--sglang-fail-on=output_throughput:-5%"], "*--sglang-fail-on needs --sglang-baseline=REPORT.json*"),
+        (["--sglang-baseline=nope.json"], "*--sglang-baseline='nope.json': no such report file.*"),
+        (["--sglang-gpu-hour-price=free"], "*--sglang-gpu-hour-price='free' is not valid: give a price > 0*"),
+    ],
+)
+def test_bad_grammar_options(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_command_line_slos_and_objective_override_the_suite(pytester: pytest.Pytester) -> None:
+    from pytest_sglang_tune.engine import Options
+    from pytest_sglang_tune.grammar import parse_objective, parse_slo
+    from pytest_sglang_tune.suite import load_suite
+
+    path = pytester.makefile(".yaml", tune_demo=suite_text())
+    opts = Options(slos=(parse_slo("e2e_ms.p50 < 10"),), objective=parse_objective("minimize: cost_per_mtok"),
+                   gpu_hour_price=2.0)
+    s = opts.apply(load_suite(path))
+    assert [str(x) for x in s.slos] == ["e2e_ms.p50 < 10"]
+    assert str(s.objective) == "minimize: cost_per_mtok" and s.gpu_hour_price == 2.0

@@ -256,3 +256,23 @@ def test_bench_command_against_the_sim(tmp_path: Path) -> None:
         # exact token-id prompts: served lengths equal requested ones (the sim tokenizes independently)
         assert m["self_check"]["input_mismatches"] == 0 and m["self_check"]["output_mismatches"] == 0
         assert m["self_check"]["served_input_mean"] == 128
+
+
+def test_baseline_gate_and_release_diff(pytester: pytest.Pytester) -> None:
+    from pytest_sglang_tune.cli import main as cli
+
+    text = suite("Qwen/Qwen3-8B", grid="schedule-policy: [lpm]", concurrency="[4]", num_requests="[8]", output=32)
+    pytester.makefile(".yaml", tune_demo=text.replace("gpu: h100_sxm", "gpu: h200_sxm"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "--sglang-report-dir=old")
+    result.assert_outcomes(passed=1)
+    (old,) = (pytester.path / "old").glob("*/report.json")
+    # the "new release": slower GPU, same flags and workload → same keys, lower throughput
+    pytester.makefile(".yaml", tune_demo=text)
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "--sglang-report-dir=new",
+                                           f"--sglang-baseline={old}", "--sglang-fail-on=output_throughput:-5%")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*regressed against the baseline: output_throughput * → * (-*%) crosses "
+                                 "output_throughput:-5%*"])
+    (new,) = (pytester.path / "new").glob("*/report.json")
+    assert cli(["diff", str(old), str(new)]) == 3  # different sim GPUs: refused
+    assert cli(["diff", str(old), str(new), "--allow-different", "--fail-on", "output_throughput:-5%"]) == 1
