@@ -1,0 +1,150 @@
+"""Decision analysis over results, pure: Pareto fronts, best config per load, highest sustained load, ties.
+
+* **Pareto front** per suite × workload: points are (config, load) results; x = output throughput per GPU
+  (higher is better), y = the latency statistic of the suite's first latency SLO (lower is better; ``ttft_ms.p99``
+  when the suite has none). A point is on the front when no other point is at least as good on both and better
+  on one.
+* **Highest sustained load** per config: the largest load level of a workload at which it met every SLO.
+* **Ties**: with repeats, a result carries a confidence interval of the objective; ranked configs whose interval
+  overlaps the best one's are marked ``tied`` with it rather than pretending an order.
+* **Confidence intervals**: Student's t, 95 %, over the repeats' values (``confidence_interval``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_sglang_tune.grammar import DISTRIBUTION_METRICS, Objective, parse_metric, parse_slo
+from pytest_sglang_tune.ranking import load_key, workload_name
+
+X_METRIC = "output_throughput_per_gpu"
+DEFAULT_Y = "ttft_ms.p99"
+CONFIDENCE_METHOD = "Student's t, 95% two-sided, over repeats"
+# two-sided 97.5 % quantiles of Student's t for df = 1..30
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def confidence_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """95 % t interval of the mean; None for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    half = t * sd / math.sqrt(n)
+    return (mean - half, mean + half)
+
+
+def latency_metric(slos: Sequence[str]) -> str:
+    """The y axis of a suite's Pareto front: its first latency SLO's metric, else ttft_ms.p99."""
+    for text in slos:
+        try:
+            metric = parse_slo(text).metric
+        except Exception:
+            continue
+        if metric.name in DISTRIBUTION_METRICS:
+            return str(metric)
+    return DEFAULT_Y
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each (x to maximize, y to minimize) point: is it on the front?"""
+    flags = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 >= x and y2 <= y) and (x2 > x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+def _measured(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in results if r.get("metrics") and r.get("status") in ("passed", "failed")]
+
+
+def pareto(results: Sequence[Mapping[str, Any]], suites: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in _measured(results):
+        groups.setdefault((str(r.get("suite")), workload_name(r)), []).append(r)
+    out = []
+    xm = parse_metric(X_METRIC)
+    for (suite, wname), rs in sorted(groups.items()):
+        y_name = latency_metric((suites.get(suite) or {}).get("slos") or [])
+        ym = parse_metric(y_name)
+        pts = [(r, xm.value(r["metrics"]), ym.value(r["metrics"])) for r in rs]
+        pts = [(r, x, y) for r, x, y in pts if x is not None and y is not None]
+        front = pareto_front([(x, y) for _, x, y in pts])
+        out.append({"suite": suite, "workload": wname, "load": None, "x_metric": X_METRIC, "y_metric": y_name,
+                    "points": [{"config_id": r.get("config_id"), "load": r.get("load"), "x": x, "y": y,
+                                "on_front": f, "slo_pass": r.get("slo_pass")}
+                               for (r, x, y), f in zip(pts, front, strict=True)]})
+    return out
+
+
+def best_per_load(ranking: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"suite": e.get("suite"), "workload": e.get("workload"), "load": e.get("load"),
+             "config_id": e.get("config_id"), "score": e.get("score"), "slo_pass": e.get("slo_pass")}
+            for e in ranking if e.get("rank") == 1]
+
+
+def max_sustained_load(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    best: dict[tuple[str, str, str], Any] = {}
+    for r in _measured(results):
+        key = (str(r.get("suite")), workload_name(r), str(r.get("config_id")))
+        best.setdefault(key, None)
+        if r.get("status") == "passed" and r.get("slo_pass") is not False:
+            cur = best[key]
+            if cur is None or load_key(r.get("load")) > load_key(cur):
+                best[key] = r.get("load")
+    return [{"suite": s, "workload": w, "config_id": c, "load": load} for (s, w, c), load in sorted(best.items())]
+
+
+def mark_ties(ranking: list[dict[str, Any]], results: Sequence[Mapping[str, Any]],
+              objectives: Mapping[str, Objective]) -> None:
+    """Mark ranked entries whose objective interval overlaps the best's (same suite × workload × load)."""
+    by_key = {(str(r.get("suite")), workload_name(r), load_key(r.get("load")), str(r.get("config_id"))): r
+              for r in results}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for e in ranking:
+        groups.setdefault((e.get("suite"), e.get("workload"), load_key(e.get("load"))), []).append(e)
+    for (suite, wname, lk), entries in groups.items():
+        obj = objectives.get(str(suite))
+        if obj is None:
+            continue
+        entries.sort(key=lambda e: e.get("rank") or 0)
+        best = entries[0]
+        best_ci = _ci(by_key.get((str(suite), str(wname), lk, str(best.get("config_id")))), str(obj.metric))
+        if best_ci is None:
+            continue
+        for e in entries[1:]:
+            if not e.get("slo_pass") == best.get("slo_pass"):
+                continue
+            ci = _ci(by_key.get((str(suite), str(wname), lk, str(e.get("config_id")))), str(obj.metric))
+            if ci is not None and ci[0] <= best_ci[1] and best_ci[0] <= ci[1]:
+                e["tied"] = True
+                best["tied"] = True
+
+
+def _ci(result: Mapping[str, Any] | None, metric: str) -> tuple[float, float] | None:
+    if not result:
+        return None
+    ci = (result.get("confidence") or {}).get(metric)
+    if isinstance(ci, Sequence) and len(ci) == 2:
+        return float(ci[0]), float(ci[1])
+    return None
+
+
+def analyse(report: dict[str, Any], objectives: Mapping[str, Objective]) -> None:
+    """Add ``analysis`` (and ``tied`` marks in the ranking) to a report dict, in place."""
+    results = report.get("results") or []
+    mark_ties(report.get("ranking") or [], results, objectives)
+    report["analysis"] = {
+        "pareto": pareto(results, report.get("suites") or {}),
+        "best_per_load": best_per_load(report.get("ranking") or []),
+        "max_sustained_load": max_sustained_load(results),
+    }
+    if any(r.get("confidence") for r in results):
+        report["confidence_method"] = CONFIDENCE_METHOD
