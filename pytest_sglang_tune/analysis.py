@@ -148,3 +148,31 @@ def analyse(report: dict[str, Any], objectives: Mapping[str, Objective]) -> None
     }
     if any(r.get("confidence") for r in results):
         report["confidence_method"] = CONFIDENCE_METHOD
+
+
+def combine_repeats(blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The mean of several metrics blocks, leaf by leaf (counts are summed; a missing leaf stays missing)."""
+    summed = {"completed", "failed", "tpot_excluded"}
+
+    def merge(values: list[Any], key: str) -> Any:
+        if all(isinstance(v, Mapping) for v in values):
+            keys = dict.fromkeys(k for v in values for k in v)
+            return {k: merge([v.get(k) for v in values], k) for k in keys}
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            total = sum(values)
+            return total if key in summed else total / len(values)
+        return values[-1]
+
+    return merge(list(blocks), "")  # type: ignore[no-any-return]
+
+
+def repeat_confidence(blocks: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, list[float]]:
+    """95 % intervals of the named metrics over repeats."""
+    out: dict[str, list[float]] = {}
+    for name in dict.fromkeys(metrics):
+        m = parse_metric(name)
+        values = [v for v in (m.value(b) for b in blocks) if v is not None]
+        ci = confidence_interval(values)
+        if ci is not None and len(values) == len(blocks):
+            out[name] = [round(ci[0], 6), round(ci[1], 6)]
+    return out

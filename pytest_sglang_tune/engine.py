@@ -45,6 +45,7 @@ class Options:
     baseline: Path | None = None
     fail_on: tuple[Any, ...] = ()
     loadgen_procs: int = 1
+    repeats: int | None = None
 
     def apply(self, suite: Suite) -> Suite:
         """The suite as this run sees it: command-line SLOs/objective/price override the suite's."""
@@ -57,6 +58,8 @@ class Options:
             changes["objective"] = self.objective
         if self.gpu_hour_price is not None:
             changes["gpu_hour_price"] = self.gpu_hour_price
+        if self.repeats is not None:
+            changes["repeats"] = self.repeats
         return replace(suite, **changes) if changes else suite
 
 

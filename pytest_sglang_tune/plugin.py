@@ -59,6 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="compare each point with this earlier report; with --sglang-fail-on, regressions fail")
     g.addoption("--sglang-fail-on", action="append", default=None, metavar="METRIC:±N%",
                 help="with --sglang-baseline: fail a test whose metric moves past N%% ('output_throughput:-5%%')")
+    g.addoption("--sglang-repeats", type=int, default=None, metavar="N",
+                help="measure each point N times (overrides the suite's repeats); results get 95%% intervals")
     g.addoption("--sglang-loadgen-procs", type=int, default=None,
                 help="load generator processes per point (default 1; more when one core cannot keep up)")
     d = parser.getgroup("sglang-tune-docker", "SGLang tuning: docker backend")
@@ -159,6 +161,11 @@ def parse_grammar_options(config: pytest.Config) -> dict[str, Any]:
             raise pytest.UsageError(f"--sglang-baseline={baseline!r}: no such report file.")
     elif out["fail_on"]:
         raise pytest.UsageError("--sglang-fail-on needs --sglang-baseline=REPORT.json to compare against.")
+    repeats = config.getoption("sglang_repeats")
+    if repeats is not None:
+        if repeats < 1:
+            raise pytest.UsageError(f"--sglang-repeats={repeats} is not valid: give 1 or more.")
+        out["repeats"] = repeats
     procs = config.getoption("sglang_loadgen_procs")
     if procs is not None:
         if procs < 1:
@@ -348,11 +355,21 @@ class SuiteItem(pytest.Item):
 
     def runtest(self) -> None:
         engine = get_engine(self.config)
+        runs = []
         try:
-            out = engine.measure(self.live, self.workload, self.load, self.suite.slos, self.cfg.gpus)
+            for i in range(self.suite.repeats):
+                if i and self.suite.redeploy:
+                    engine.release()
+                    self.live = engine.ensure(self.suite, self.cfg, self.table)
+                runs.append(engine.measure(self.live, self.workload, self.load, self.suite.slos, self.cfg.gpus))
         except BaseException as exc:
             _note_error(self, exc)
             raise
+        out = combine_runs(runs, self.suite)
+        if len(runs) > 1:
+            self.record["repeats"] = {"n": len(runs), "redeploy": self.suite.redeploy,
+                                      "mode": "redeployed" if self.suite.redeploy else "within one deployment"}
+            self.record["confidence"] = out["confidence"]
         _fill_metrics(self.record, out, self.suite, self.cfg.gpus)
         metrics = out["metrics"]
         if not metrics.get("completed"):
@@ -373,6 +390,20 @@ class SuiteItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.suite.name}::{self.name}"
+
+
+def combine_runs(runs: list[dict[str, Any]], suite: Any) -> dict[str, Any]:
+    """One point's measurement from its repeats: mean metrics, 95 % intervals, all warnings."""
+    if len(runs) == 1:
+        return runs[0]
+    from pytest_sglang_tune.analysis import combine_repeats, repeat_confidence
+
+    blocks = [r["metrics"] for r in runs]
+    wanted = [str(suite.objective.metric), *(str(s.metric) for s in suite.slos), "output_throughput",
+              "output_throughput_per_gpu", "ttft_ms.p99", "itl_ms.p95"]
+    return {"metrics": combine_repeats(blocks), "confidence": repeat_confidence(blocks, wanted),
+            "warnings": [w for r in runs for w in r.get("warnings") or []],
+            "server_metrics": runs[-1].get("server_metrics"), "sim_lag": runs[-1].get("sim_lag")}
 
 
 def check_baseline(config: pytest.Config, record: dict[str, Any]) -> list[str]:

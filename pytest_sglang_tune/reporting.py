@@ -80,6 +80,9 @@ def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[st
     ranking = config.hook.pytest_sglang_tune_rank(config=config, results=list(dedupe(st.records)),
                                                   objectives=objectives)
     report = build_report(run=run, results=st.records, suites=suites, ranking=ranking, warnings=warnings)
+    from pytest_sglang_tune.analysis import analyse
+
+    analyse(report, objectives)
     config.hook.pytest_sglang_tune_update_report(config=config, report=report)
     return write_report(report, st.run_dir)
 

@@ -46,7 +46,7 @@ from pytest_sglang_tune.yamlpos import Pos, line_of, load_yaml_with_lines
 
 BACKENDS: tuple[str, ...] = ("sim", "local", "docker", "ome")
 TOP_FIELDS = ("name", "description", "sglang_version", "model", "backends", "server", "workloads", "slos",
-              "objective", "seed", "gpu_hour_price")
+              "objective", "seed", "gpu_hour_price", "repeats", "redeploy")
 MODEL_FIELDS = ("path", "served_name")
 SERVER_FIELDS = ("fixed", "grid", "paired", "constraints")
 WORKLOAD_FIELDS = ("name", "scenario", "input_len", "output_len", "endpoint", "num_requests", "warmup_requests",
@@ -80,6 +80,8 @@ class Suite:
     slos: tuple[SLO, ...]
     objective: Objective
     gpu_hour_price: float | None = None
+    repeats: int = 1
+    redeploy: bool = False
     positions: Pos = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, *fld: str | int) -> str:
@@ -232,7 +234,11 @@ def suite_from_data(data: Any, path: Path, pos: Pos | None = None, *, require_wo
 
     name = top.get("name") or default_suite_name(path)
     price = top.get("gpu_hour_price")
+    redeploy = top.get("redeploy", False)
+    if not isinstance(redeploy, bool):
+        raise c.err(f"redeploy must be true or false, got {redeploy!r}", "redeploy")
     return Suite(
+        repeats=c.int_(top.get("repeats", 1), "repeats", minimum=1), redeploy=redeploy,
         gpu_hour_price=c.number(price, "gpu_hour_price") if price is not None else None,
         path=path, name=str(name), model_path=model_path, served_name=served, sglang_version=version,
         backends=backends, fixed=fixed, grid=grid, paired=paired, constraints=tuple(constraints_raw),

@@ -79,3 +79,16 @@ def test_confidence_interval(values: list[float], expected: Any) -> None:
         assert got is None
     else:
         assert got == pytest.approx(expected)
+
+
+def test_combine_repeats_means_leaves_and_sums_counts() -> None:
+    from pytest_sglang_tune.analysis import combine_repeats, repeat_confidence
+
+    blocks = [{"output_throughput": 100.0, "completed": 10, "ttft_ms": {"p99": 10.0, "p50": None}},
+              {"output_throughput": 110.0, "completed": 10, "ttft_ms": {"p99": 14.0, "p50": None}}]
+    assert combine_repeats(blocks) == {"output_throughput": 105.0, "completed": 20,
+                                       "ttft_ms": {"p99": 12.0, "p50": None}}
+    ci = repeat_confidence(blocks, ["output_throughput", "ttft_ms.p99", "ttft_ms.p50"])
+    assert set(ci) == {"output_throughput", "ttft_ms.p99"}
+    lo, hi = ci["output_throughput"]
+    assert lo < 105 < hi

@@ -276,3 +276,21 @@ def test_baseline_gate_and_release_diff(pytester: pytest.Pytester) -> None:
     (new,) = (pytester.path / "new").glob("*/report.json")
     assert cli(["diff", str(old), str(new)]) == 3  # different sim GPUs: refused
     assert cli(["diff", str(old), str(new), "--allow-different", "--fail-on", "output_throughput:-5%"]) == 1
+
+
+def test_repeats_give_intervals_and_the_report_has_analysis(pytester: pytest.Pytester) -> None:
+    text = suite("Qwen/Qwen3-8B", concurrency="[2]", num_requests="[4]") + "repeats: 3\n"
+    pytester.makefile(".yaml", tune_demo=text)
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    (path,) = (pytester.path / "reports").glob("*/report.json")
+    report = load_report(path)
+    assert report["confidence_method"].startswith("Student's t, 95%")
+    for r in report["results"]:
+        assert r["repeats"] == {"n": 3, "redeploy": False, "mode": "within one deployment"}
+        lo, hi = r["confidence"]["output_throughput_per_gpu"]
+        assert lo <= r["metrics"]["output_throughput_per_gpu"] <= hi
+        assert r["metrics"]["completed"] == 12
+    (front,) = report["analysis"]["pareto"]
+    assert len(front["points"]) == 2 and any(p["on_front"] for p in front["points"])
+    assert len(report["analysis"]["best_per_load"]) == 1
