@@ -218,8 +218,9 @@ class Engine:
             if sim.get("not_modelled"):
                 warnings.append("flags not modelled by the sim (accepted, no effect): " +
                                 ", ".join(map(str, sim["not_modelled"])))
+        e2e = [round(x, 6) for x in (s.e2e_s for s in point.samples if s.ok and not s.warmup) if x is not None]
         return {"metrics": metrics, "warnings": warnings, "server_metrics": point.server_metrics,
-                "sim_lag": sim_lag}
+                "sim_lag": sim_lag, "e2e_s": e2e}
 
 
 def base_record(*, nodeid: str, display_id: str, suite: Suite, cfg: TuneConfig, workload: Workload | None,

@@ -59,6 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="compare each point with this earlier report; with --sglang-fail-on, regressions fail")
     g.addoption("--sglang-fail-on", action="append", default=None, metavar="METRIC:±N%",
                 help="with --sglang-baseline: fail a test whose metric moves past N%% ('output_throughput:-5%%')")
+    g.addoption("--sglang-benchmark-json", default=None, metavar="PATH",
+                help="also write the results in pytest-benchmark's JSON format (stats from per-request E2E)")
+    g.addoption("--sglang-benchmark-autosave", action="store_true", default=False,
+                help="also save into .benchmarks/<machine>/NNNN_<name>.json as pytest-benchmark does")
     g.addoption("--sglang-repeats", type=int, default=None, metavar="N",
                 help="measure each point N times (overrides the suite's repeats); results get 95%% intervals")
     g.addoption("--sglang-loadgen-procs", type=int, default=None,
@@ -403,6 +407,7 @@ def combine_runs(runs: list[dict[str, Any]], suite: Any) -> dict[str, Any]:
               "output_throughput_per_gpu", "ttft_ms.p99", "itl_ms.p95"]
     return {"metrics": combine_repeats(blocks), "confidence": repeat_confidence(blocks, wanted),
             "warnings": [w for r in runs for w in r.get("warnings") or []],
+            "e2e_s": [x for r in runs for x in r.get("e2e_s") or []],
             "server_metrics": runs[-1].get("server_metrics"), "sim_lag": runs[-1].get("sim_lag")}
 
 
@@ -444,6 +449,7 @@ def _fill_metrics(record: dict[str, Any], out: dict[str, Any], suite: Any, gpus:
     metrics["cost_per_mtok"] = (suite.gpu_hour_price * gpus / 3600.0 / thr * 1e6
                                 if suite.gpu_hour_price and thr else None)
     record["metrics"] = metrics
+    record["e2e_s"] = out.get("e2e_s") or []  # per-request E2E seconds (pytest-benchmark stats)
     record["slo_results"] = {str(s): s.check(metrics) for s in slos}
     record["slo_pass"] = all(record["slo_results"].values())
     record["warnings"] = list(out.get("warnings") or [])
@@ -649,6 +655,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     st = config.stash.get(STATE, None)
     if st is not None and st.engine is not None:
         st.engine.shutdown()
+    if st is not None and st.controller:
+        import shutil
+
+        shutil.rmtree(st.lease_dir, ignore_errors=True)  # the run's GPU lease state
     if os.environ.get("SGLANG_TUNE_DEBUG"):
         print(f"sglang-tune: run {st.run_id if st else '?'} done", file=sys.stderr)
 

@@ -84,7 +84,17 @@ def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[st
 
     analyse(report, objectives)
     config.hook.pytest_sglang_tune_update_report(config=config, report=report)
-    return write_report(report, st.run_dir)
+    paths = write_report(report, st.run_dir)
+    bench_json = config.getoption("sglang_benchmark_json", None)
+    if bench_json:
+        from pytest_sglang_tune.report.benchmark_json import write_json
+
+        paths["pytest-benchmark json"] = write_json(report, Path(bench_json))
+    if config.getoption("sglang_benchmark_autosave", False):
+        from pytest_sglang_tune.report.benchmark_json import autosave
+
+        paths["pytest-benchmark autosave"] = autosave(report, Path(str(config.rootpath)) / ".benchmarks")
+    return paths
 
 
 @pytest.hookimpl(trylast=True)

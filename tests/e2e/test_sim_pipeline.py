@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,3 +295,27 @@ def test_repeats_give_intervals_and_the_report_has_analysis(pytester: pytest.Pyt
     (front,) = report["analysis"]["pareto"]
     assert len(front["points"]) == 2 and any(p["on_front"] for p in front["points"])
     assert len(report["analysis"]["best_per_load"]) == 1
+
+
+def test_pytest_benchmark_export_reads_back_with_its_own_loader(pytester: pytest.Pytester) -> None:
+    from pytest_benchmark.storage.file import FileStorage
+
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", concurrency="[2]", num_requests="[4]"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider",
+                                           "--sglang-benchmark-json=bench.json", "--sglang-benchmark-autosave")
+    result.assert_outcomes(passed=2)
+    storage = FileStorage(pytester.path / ".benchmarks", logger=__import__("logging").getLogger("t"))
+    benches = list(storage.load_benchmarks())
+    assert len(benches) == 2  # the autosaved file, loaded by pytest-benchmark itself
+    for b in benches:
+        assert b["rounds"] == 4 and 0 < b["min"] <= b["median"] <= b["max"]
+        assert b["extra_info"]["completed"] == 4 and b["extra_info"]["config_id"]
+    single = list(FileStorage(pytester.path, logger=__import__("logging").getLogger("t")).load_benchmarks(
+        str(pytester.path / "bench.json")))
+    assert {b["name"] for b in single} == {b["name"] for b in benches}
+    cli = shutil.which("pytest-benchmark")
+    assert cli, "pytest-benchmark console script not installed"
+    compare = subprocess.run([cli, "compare", str(pytester.path / "bench.json")],
+                             capture_output=True, text=True, cwd=pytester.path)
+    assert compare.returncode == 0, compare.stderr
+    assert "chat[lpm-c2]" in compare.stdout
