@@ -63,6 +63,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also write the results in pytest-benchmark's JSON format (stats from per-request E2E)")
     g.addoption("--sglang-benchmark-autosave", action="store_true", default=False,
                 help="also save into .benchmarks/<machine>/NNNN_<name>.json as pytest-benchmark does")
+    g.addoption("--sglang-resume", default=None, metavar="RESULTS",
+                help="skip points already measured (passed) in an earlier run's results.jsonl (or its run "
+                     "directory) with the same key, and merge them into this run's report")
     g.addoption("--sglang-repeats", type=int, default=None, metavar="N",
                 help="measure each point N times (overrides the suite's repeats); results get 95%% intervals")
     g.addoption("--sglang-loadgen-procs", type=int, default=None,
@@ -336,6 +339,7 @@ class SuiteItem(pytest.Item):
         self.table = table
         self.capacity_problem: str | None = None
         self.live: Any = None
+        self.resumed: tuple[Path, dict[str, Any]] | None = None
         self.record = base_record(
             nodeid=self.nodeid, display_id=self.name, suite=suite, cfg=cfg, workload=workload, load=load,
             backend=get_state(self.config).options.backend, sglang_version=suite.sglang_version or table.version)
@@ -347,6 +351,8 @@ class SuiteItem(pytest.Item):
         return (self.suite.name, self.cfg.config_id)
 
     def setup(self) -> None:
+        if self.resumed is not None:
+            return  # measured in an earlier run: nothing to deploy
         if self.capacity_problem:
             raise CapacityError(self.capacity_problem + " (--sglang-require-capacity makes this an error)",
                                 config_id=self.cfg.config_id)
@@ -358,6 +364,12 @@ class SuiteItem(pytest.Item):
         self.record.update(redact(deployment_fields(self.live)))
 
     def runtest(self) -> None:
+        if self.resumed is not None:
+            path, prev = self.resumed
+            keep = {"test_id", "display_id", "suite_file"}
+            self.record.update({k: v for k, v in prev.items() if k not in keep and k not in ("status", "reason")})
+            self.record["resumed_from"] = str(path)
+            return
         engine = get_engine(self.config)
         runs = []
         try:
@@ -470,12 +482,44 @@ def _note_error(item: pytest.Item, exc: BaseException) -> None:
                                                  "log_tail": log_tail_of(exc)}))
 
 
+def resume_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What must be equal for an earlier measurement to stand for this point."""
+    w = record.get("workload") or {}
+    load = record.get("load") or {}
+    return (record.get("suite"), w.get("content_hash"), load.get("concurrency"), load.get("request_rate"),
+            record.get("config_id"), record.get("backend"), record.get("sglang_version"), record.get("image"),
+            record.get("image_digest") if record.get("image") else None, record.get("tool_version"))
+
+
+def load_resume(path_text: str) -> tuple[Path, dict[tuple[Any, ...], dict[str, Any]]]:
+    from pytest_sglang_tune.results import ResultsLog
+
+    path = Path(path_text)
+    if path.is_dir():
+        path = path / "results.jsonl"
+    if not path.is_file():
+        raise pytest.UsageError(f"--sglang-resume={path_text!r}: no results.jsonl there (give a run directory "
+                                "such as reports/<run-id> or its results.jsonl).")
+    done = {}
+    for rec in ResultsLog.read(path):
+        if rec.get("status") == "passed" and rec.get("metrics"):
+            done[resume_key(rec)] = rec
+    return path, done
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     tune_items = [it for it in items if isinstance(it, SuiteItem)]
     st = get_state(config)
     if not tune_items:
         return
     st.has_items = True
+    resume = config.getoption("sglang_resume")
+    if resume:
+        path, done = load_resume(resume)
+        for it in tune_items:
+            prev = done.get(resume_key(it.record))
+            if prev is not None:
+                it.resumed = (path, prev)
     engine = get_engine(config)
     for it in tune_items:
         st.suite_files[it.suite.name] = str(it.suite.path)

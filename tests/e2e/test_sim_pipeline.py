@@ -319,3 +319,24 @@ def test_pytest_benchmark_export_reads_back_with_its_own_loader(pytester: pytest
                              capture_output=True, text=True, cwd=pytester.path)
     assert compare.returncode == 0, compare.stderr
     assert "chat[lpm-c2]" in compare.stdout
+
+
+def test_resume_skips_measured_points_and_merges_them(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", concurrency="[1, 2]", num_requests="[2, 2]"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "--sglang-report-dir=first",
+                                           "-k", "c1")
+    result.assert_outcomes(passed=2)
+    (first,) = (pytester.path / "first").iterdir()
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "--sglang-report-dir=second",
+                                           f"--sglang-resume={first}")
+    result.assert_outcomes(passed=4)
+    (path,) = (pytester.path / "second").glob("*/report.json")
+    report = load_report(path)
+    resumed = [r for r in report["results"] if r.get("resumed_from")]
+    fresh = [r for r in report["results"] if not r.get("resumed_from")]
+    assert {r["load"]["concurrency"] for r in resumed} == {1} and len(resumed) == 2
+    assert {r["load"]["concurrency"] for r in fresh} == {2} and len(fresh) == 2
+    old = {r["config_id"]: r["metrics"] for r in records(pytester.path / "first")}
+    for r in resumed:
+        assert r["metrics"] == old[r["config_id"]]  # merged as measured, not re-measured
+    assert len(report["ranking"]) == 4
