@@ -358,6 +358,10 @@ class SuiteItem(pytest.Item):
                                 config_id=self.cfg.config_id)
         try:
             self.live = get_engine(self.config).ensure(self.suite, self.cfg, self.table)
+        except InfeasibleConfig as exc:
+            # the config cannot run by its own nature: data for the ranking, not a broken run
+            _note_error(self, exc)
+            pytest.xfail(f"infeasible config: {exc.bare_message}")
         except BaseException as exc:
             _note_error(self, exc)
             raise
@@ -575,7 +579,10 @@ class ResultCollector:
         pend = st.pending.setdefault(report.nodeid, {})
         pend["records"] = records
         if report.when == "setup":
-            if report.skipped:
+            if report.skipped and error.get("status") == "infeasible":
+                pend["status"], pend["reason"] = "infeasible", error.get("reason")
+                pend["log_tail"] = error.get("log_tail", "")
+            elif report.skipped:
                 pend["status"], pend["reason"] = "skipped", _skip_reason(report)
             elif report.failed:
                 pend["status"] = error.get("status", "error")

@@ -14,9 +14,31 @@ from typing import Any
 import requests
 
 from pytest_sglang_tune.backends.base import Deployment
-from pytest_sglang_tune.errors import FlagsNotApplied, NotReady
+from pytest_sglang_tune.errors import FlagsNotApplied, InfeasibleConfig, NotReady
 
 POLL_S = 0.25
+
+
+# Failures caused by the configuration itself (it would fail on any healthy machine): ranked "infeasible".
+INFEASIBLE_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"CUDA out of memory|OutOfMemoryError|out of memory", "out of GPU memory"),
+    (r"Not enough memory\. Please try to increase --mem-fraction-static", "not enough memory for the KV cache"),
+    (r"must be divisible by tensor parallel size|is not divisible by", "invalid parallelism for this model"),
+    (r"not supported (?:with|for|when)|cannot be used together|are mutually exclusive|incompatible with",
+     "invalid flag combination"),
+)
+
+
+def classify_failure(log_tail: str) -> str | None:
+    """Why a server died, when the reason is the configuration itself; None for anything else."""
+    import re
+
+    for pattern, cause in INFEASIBLE_PATTERNS:
+        m = re.search(pattern, log_tail, flags=re.IGNORECASE)
+        if m:
+            line = next((ln.strip() for ln in log_tail.splitlines() if m.group(0) in ln), m.group(0))
+            return f"{cause}: {line[:300]}"
+    return None
 
 
 def wait_ready(deployment: Deployment, *, timeout: float, config_id: str | None = None) -> float:
@@ -31,8 +53,12 @@ def wait_ready(deployment: Deployment, *, timeout: float, config_id: str | None 
         while True:
             died = deployment.poll()
             if died is not None:
-                raise NotReady(f"server died while starting: {died}", config_id=config_id,
-                               log_tail=deployment.logs(40))
+                tail = deployment.logs(40)
+                cause = classify_failure(tail)
+                if cause is not None:
+                    raise InfeasibleConfig(f"the config cannot run: {cause} ({died})", config_id=config_id,
+                                           log_tail=tail)
+                raise NotReady(f"server died while starting: {died}", config_id=config_id, log_tail=tail)
             try:
                 r = http.get(ep.url(stage), timeout=5)
                 if r.status_code == 200:

@@ -340,3 +340,16 @@ def test_resume_skips_measured_points_and_merges_them(pytester: pytest.Pytester)
     for r in resumed:
         assert r["metrics"] == old[r["config_id"]]  # merged as measured, not re-measured
     assert len(report["ranking"]) == 4
+
+
+def test_infeasible_configs_are_data_not_errors(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", grid="mem-fraction-static: [0.1, 0.85]",
+                                               concurrency="[1]", num_requests="[2]"))
+    result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider", "-rx")
+    result.assert_outcomes(passed=1, xfailed=1)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*infeasible config: the config cannot run: not enough memory for the KV cache*"])
+    recs = {r["server_args"]["mem-fraction-static"]: r for r in records(pytester.path / "reports")}
+    assert recs[0.1]["status"] == "infeasible" and "not enough memory" in recs[0.1]["reason"]
+    assert "mem_fraction_static=0.1" in recs[0.1]["log_tail"]
+    assert recs[0.85]["status"] == "passed"
