@@ -235,7 +235,10 @@ def test_chat_stream_format_usage_and_lengths(sim: SimProc) -> None:
         }
     ]
     assert all(c["choices"][0]["finish_reason"] is None and c["choices"][0]["delta"]["content"] for c in content_chunks)
-    assert len(content_chunks) == 40  # stream interval 1: one chunk per token
+    # stream interval 1: one chunk per token — unless the sim fell behind real time (a loaded CI machine), when
+    # tokens of steps emitted in one tick share a chunk; the lag is then reported, never silent
+    late = requests.get(sim.url("/server_info")).json()["sim"]["lag"]["late_steps"]
+    assert len(content_chunks) == 40 or (late > 0 and 1 <= len(content_chunks) < 40)
     assert finish["choices"][0]["delta"] == {"reasoning_content": None}
     assert finish["choices"][0]["finish_reason"] == "length"
     assert usage["choices"] == []
