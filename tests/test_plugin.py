@@ -108,11 +108,11 @@ def test_missing_launcher(pytester: pytest.Pytester) -> None:
 
 
 def test_server_exiting_during_startup_fails_fast_with_log_tail(pytester: pytest.Pytester) -> None:
-    launcher = f"{sys.executable} -c \"import sys; print('RuntimeError: CUDA out of memory'); sys.exit(3)\""
+    launcher = f"{sys.executable} -c \"import sys; print('RuntimeError: NCCL init failed'); sys.exit(3)\""
     result = _run_local(pytester, launcher, timeout=300)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*NotReady: server died while starting: the server process exited with code 3*",
-                                 "*CUDA out of memory*"])
+                                 "*NCCL init failed*"])
     assert result.duration < 60  # far below the 300 s readiness timeout
 
 
