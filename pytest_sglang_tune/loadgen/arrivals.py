@@ -4,6 +4,10 @@ A Poisson process at ``rate`` requests/s has exponential inter-arrival gaps with
 ``burstiness`` generalises it as in SGLang's and vLLM's benchmarks: gaps follow a gamma distribution with
 shape ``burstiness`` and the same mean (1 is Poisson; below 1 is burstier, above 1 more regular). The first
 request goes at offset 0.
+
+``exact=True`` rescales the gaps so the last arrival lands at exactly ``(n - 1) / rate``: the process
+conditioned on its n-th arrival time (for Poisson, arrivals are then uniform order statistics, the same shape),
+so a finite run achieves the nominal rate instead of a sample of it (±1/sqrt(n) otherwise).
 """
 
 from __future__ import annotations
@@ -32,13 +36,20 @@ def interarrival_gaps(rate: float, n: int, rng: random.Random, *, burstiness: fl
     return [rng.gammavariate(burstiness, scale) for _ in range(n)]
 
 
-def arrival_offsets(rate: float, n: int, rng: random.Random, *, burstiness: float = 1.0) -> list[float]:
+def arrival_offsets(
+    rate: float, n: int, rng: random.Random, *, burstiness: float = 1.0, exact: bool = False
+) -> list[float]:
     """Send offsets (seconds from the start) of ``n`` requests: 0 for the first, then cumulative gaps."""
     if n <= 0:
         return []
+    gaps = interarrival_gaps(rate, n - 1, rng, burstiness=burstiness)
+    total = math.fsum(gaps)
+    if exact and gaps and total > 0 and not math.isinf(rate):
+        scale = (n - 1) / rate / total
+        gaps = [g * scale for g in gaps]
     offsets = [0.0]
     t = 0.0
-    for gap in interarrival_gaps(rate, n - 1, rng, burstiness=burstiness):
+    for gap in gaps:
         t += gap
         offsets.append(t)
     return offsets

@@ -5,8 +5,11 @@
   with at least 8k entries has them, and it stays clear of the low ids where tokenizers keep special, byte and
   unused tokens.
 * ``chat``: text made of common English words, most of which are one token in any BPE vocabulary. The server's
-  own count is learnt by two probe requests (``ChatCalibration.fit``): tokens per word and the chat template's
-  overhead, so the served ``prompt_tokens`` lands within a few tokens of the request.
+  own count is learnt by probe requests (non-streamed, one output token): ``"the"`` once and 33 times give the
+  chat template's overhead, then each candidate word repeated 32 times shows whether the server counts it as
+  exactly one token; prompts drawn from the verified words land on the requested length exactly. When fewer
+  than 8 words verify (an unusual tokenizer), a least-squares line through two probes (``ChatCalibration.fit``)
+  brings the served ``prompt_tokens`` within a few tokens.
 * Shared prefix: request ``i`` belongs to group ``i % groups`` (round robin); its prompt is the group's prefix
   (``prefix_len`` tokens, the same for every request of the group) followed by a unique suffix up to the
   requested input length. An input length at or below ``prefix_len`` is raised to ``prefix_len + 1``.
@@ -68,6 +71,12 @@ class ChatCalibration:
 
     tokens_per_word: float = 1.0
     overhead: float = 0.0
+    vocab: tuple[str, ...] = ()  # words the server counts as exactly one token each (``exact``); else WORDS
+
+    @property
+    def exact(self) -> bool:
+        """Whether lengths are exact: a one-token-per-word vocabulary verified against the server."""
+        return bool(self.vocab) and self.tokens_per_word == 1.0 and float(self.overhead).is_integer()
 
     @classmethod
     def fit(cls, probes: Sequence[tuple[int, int]]) -> ChatCalibration:
@@ -101,10 +110,20 @@ def token_ids(rng: random.Random, n: int) -> list[int]:
     return [lo + int(rng.random() * span) for _ in range(n)]
 
 
-def words(rng: random.Random, n: int) -> list[str]:
-    """``n`` pseudo-random words from ``WORDS``."""
-    k = len(WORDS)
-    return [WORDS[int(rng.random() * k)] for _ in range(n)]
+def words(rng: random.Random, n: int, vocab: Sequence[str] = WORDS) -> list[str]:
+    """``n`` pseudo-random words from ``vocab`` (default ``WORDS``)."""
+    vocab = vocab or WORDS
+    k = len(vocab)
+    return [vocab[int(rng.random() * k)] for _ in range(n)]
+
+
+VOCAB_PROBE_WORDS = 32  # repetitions of a candidate word in its probe
+VOCAB_CANDIDATES: tuple[str, ...] = WORDS[:48]
+
+
+def repeated(word: str, n: int) -> str:
+    """``word`` ``n`` times, space separated: a probe that counts the word's tokens."""
+    return " ".join([word] * n)
 
 
 def probe_text(n_words: int) -> str:
@@ -167,7 +186,7 @@ def build_requests(
         for g in range(sp.groups):
             grng = random.Random(f"{workload.seed}:prefix:{g}")
             if endpoint == "chat":
-                prefixes.append(words(grng, cal.words_for(sp.prefix_len, with_overhead=False)))
+                prefixes.append(words(grng, cal.words_for(sp.prefix_len, with_overhead=False), cal.vocab))
             else:
                 prefixes.append(token_ids(grng, sp.prefix_len))
     out: list[PreparedRequest] = []
@@ -180,7 +199,7 @@ def build_requests(
         if endpoint == "chat":
             total = cal.words_for(n_in)
             head: list[str] = list(prefix) if prefix is not None else []
-            text = " ".join(head + words(rng, max(1, total - len(head))))
+            text = " ".join(head + words(rng, max(1, total - len(head)), cal.vocab))
             body = chat_body(model, text, n_out)
         else:
             head_ids: list[int] = list(prefix) if prefix is not None else []

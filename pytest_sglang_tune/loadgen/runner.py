@@ -37,13 +37,23 @@ from pytest_sglang_tune.loadgen.client import (
     scrape,
     stream_request,
 )
-from pytest_sglang_tune.loadgen.prompts import ChatCalibration, PreparedRequest, build_requests, probe_text
+from pytest_sglang_tune.loadgen.fastclient import LeanStreamer
+from pytest_sglang_tune.loadgen.prompts import (
+    VOCAB_CANDIDATES,
+    VOCAB_PROBE_WORDS,
+    ChatCalibration,
+    PreparedRequest,
+    build_requests,
+    probe_text,
+    repeated,
+)
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.workload import Load, Workload
 
 WATCHDOG_INTERVAL_S = 0.2
 GAUGE_INTERVAL_S = 1.0
 PROBE_WORDS_SHORT = 16
+PRECONNECT_MAX = 4096
 
 
 def _check_load(load: Load) -> None:
@@ -64,13 +74,16 @@ class _Point:
         endpoint: Endpoint,
         workload: Workload,
         load: Load,
-        session: aiohttp.ClientSession,
+        session: aiohttp.ClientSession | None,
         scrape_metrics: bool,
+        lean: LeanStreamer | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.lean = lean
+        self._wire: dict[int, bytes] = {}
         self.workload = workload
         self.load = load
-        self.session = session
+        self._session = session  # created on first use: the lean transport needs none (chat probes do)
         self.scrape_metrics = scrape_metrics
         self.native = workload.endpoint == "generate"
         self.warm: list[RequestSample] = []
@@ -82,6 +95,17 @@ class _Point:
         self.send_until = float("inf")
         self._gauges: dict[str, list[float]] = {}
 
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = make_session(self.endpoint, self.load.concurrency)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self.lean is not None:
+            await self.lean.close()
+
     async def run(self) -> PointResult:
         calibration = await self._calibrate() if self.workload.endpoint == "chat" else None
         model = self.endpoint.model
@@ -89,6 +113,11 @@ class _Point:
         reqs = build_requests(self.workload, model, warmup=False, calibration=calibration)
         self.warm = [RequestSample(r.input_tokens, r.output_tokens, warmup=True) for r in warm_reqs]
         self.measured = [RequestSample(r.input_tokens, r.output_tokens) for r in reqs]
+        if self.lean is not None:  # whole requests as bytes, built before the clock starts
+            for r in warm_reqs + reqs:
+                self._wire[id(r)] = self.lean.request_bytes(r.path, r.body)
+        if self.lean is not None and (self.load.concurrency or self.load.request_rate is None):
+            await self.lean.preconnect(min(self.load.concurrency or len(reqs), len(reqs), PRECONNECT_MAX))
         if warm_reqs:
             conc = min(self.load.concurrency or len(warm_reqs), len(warm_reqs))
             await self._closed(warm_reqs, self.warm, conc, measured=False)
@@ -144,7 +173,10 @@ class _Point:
     # -- sending --------------------------------------------------------------------------------------------
 
     async def _send(self, req: PreparedRequest, sample: RequestSample, measured: bool) -> None:
-        await stream_request(self.session, self.endpoint.url(req.path), req.body, sample, native=self.native)
+        if self.lean is not None:
+            await self.lean.stream(self._wire[id(req)], sample, native=self.native)
+        else:
+            await stream_request(self.session(), self.endpoint.url(req.path), req.body, sample, native=self.native)
         if measured:
             self.last_end = time.perf_counter()
 
@@ -168,7 +200,9 @@ class _Point:
     async def _open(
         self, reqs: list[PreparedRequest], samples: list[RequestSample], rate: float, cap: int | None
     ) -> None:
-        offsets = arrival_offsets(rate, len(reqs), random.Random(f"{self.workload.seed}:arrivals"))
+        offsets = arrival_offsets(
+            rate, len(reqs), random.Random(f"{self.workload.seed}:arrivals"), exact=True
+        )
         slots = asyncio.Semaphore(cap) if cap else None
 
         async def capped(i: int) -> None:
@@ -199,14 +233,27 @@ class _Point:
     # -- calibration and scraping ---------------------------------------------------------------------------
 
     async def _calibrate(self) -> ChatCalibration:
-        long = int(min(max(self.workload.input_len.mean, 128), 4096))
-        probes: list[tuple[int, int]] = []
+        session, endpoint = self.session(), self.endpoint
         try:
+            one = await probe_prompt_tokens(session, endpoint, "the")
+            many = await probe_prompt_tokens(session, endpoint, repeated("the", 33))
+            if many - one == 32:  # "the" is one token: the overhead is exact
+                overhead = one - 1
+                counts = await asyncio.gather(*(
+                    probe_prompt_tokens(session, endpoint, repeated(w, VOCAB_PROBE_WORDS)) for w in VOCAB_CANDIDATES
+                ))
+                vocab = tuple(w for w, c in zip(VOCAB_CANDIDATES, counts, strict=True)
+                              if c == overhead + VOCAB_PROBE_WORDS)
+                if len(vocab) >= 8:
+                    return ChatCalibration(1.0, float(overhead), vocab)
+            long = int(min(max(self.workload.input_len.mean, 128), 4096))
+            probes: list[tuple[int, int]] = []
             for n in (PROBE_WORDS_SHORT, long):
-                probes.append((n, await probe_prompt_tokens(self.session, self.endpoint, probe_text(n))))
+                probes.append((n, await probe_prompt_tokens(session, endpoint, probe_text(n))))
         except (aiohttp.ClientError, RuntimeError, ValueError, TimeoutError) as exc:
             self.warnings.append(f"chat length calibration failed ({exc}); assuming 1 token per word")
             return ChatCalibration()
+        self.warnings.append("chat lengths are approximate: too few one-token words verified on this server")
         return ChatCalibration.fit(probes)
 
     async def _scrape(self, session: aiohttp.ClientSession) -> dict[str, float]:
@@ -241,6 +288,18 @@ async def _watch(watchdog: Callable[[], None]) -> None:
         await asyncio.sleep(WATCHDOG_INTERVAL_S)
 
 
+TRANSPORTS: tuple[str, ...] = ("auto", "lean", "aiohttp")
+
+
+def _lean_for(endpoint: Endpoint, transport: str) -> LeanStreamer | None:
+    """The lean transport for ``http://`` (``auto``/``lean``), else None (aiohttp streams)."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
+    if transport == "aiohttp" or (transport == "auto" and not endpoint.base_url.startswith("http://")):
+        return None
+    return LeanStreamer(endpoint.base_url, endpoint.headers())
+
+
 async def run_point_async(
     endpoint: Endpoint,
     workload: Workload,
@@ -249,11 +308,17 @@ async def run_point_async(
     watchdog: Callable[[], None] | None = None,
     scrape_metrics: bool = False,
     timeout_s: float = 600.0,
+    transport: str = "auto",
 ) -> PointResult:
-    """Measure ``workload`` at ``load`` against ``endpoint``; see the module docstring for the rules."""
+    """Measure ``workload`` at ``load`` against ``endpoint``; see the module docstring for the rules.
+
+    ``transport``: ``auto`` streams over the lean HTTP/1.1 transport (``fastclient``) for ``http://`` URLs and
+    over aiohttp otherwise; ``lean`` and ``aiohttp`` force one (the benchmark compares them).
+    """
     _check_load(load)
-    session = make_session(endpoint, load.concurrency)
-    point = _Point(endpoint, workload, load, session, scrape_metrics)
+    lean = _lean_for(endpoint, transport)
+    session = make_session(endpoint, load.concurrency) if lean is None else None
+    point = _Point(endpoint, workload, load, session, scrape_metrics, lean)
     main: asyncio.Task[PointResult] = asyncio.create_task(point.run())
     guard = asyncio.create_task(_watch(watchdog)) if watchdog is not None else None
     try:
@@ -272,7 +337,7 @@ async def run_point_async(
     finally:
         await _cancel(guard)
         await _cancel(main)
-        await session.close()
+        await point.close()
 
 
 def run_point(
@@ -283,10 +348,12 @@ def run_point(
     watchdog: Callable[[], None] | None = None,
     scrape_metrics: bool = False,
     timeout_s: float = 600.0,
+    transport: str = "auto",
 ) -> PointResult:
     """Synchronous ``run_point_async`` on a fresh event loop (uvloop when installed); not inside a loop."""
     coro = run_point_async(
-        endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics, timeout_s=timeout_s
+        endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics, timeout_s=timeout_s,
+        transport=transport,
     )
     factory: Callable[[], asyncio.AbstractEventLoop] | None
     try:

@@ -66,11 +66,22 @@ class SSEDecoder:
             if buf.endswith(b"\r"):
                 self._skip_lf = True
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        out: list[bytes] = []
+        line_fn = self._line
+        if b"\n\n" in buf:  # fast path: whole events, most of them a single "data: " line
+            parts = buf.split(b"\n\n")
+            buf = parts.pop()
+            for part in parts:
+                if not self._data and part[:6] == b"data: " and b"\n" not in part:
+                    out.append(part[6:])
+                else:
+                    for line in part.split(b"\n"):
+                        line_fn(line, out)
+                    line_fn(b"", out)
         lines = buf.split(b"\n")
         self._buf = lines.pop()
-        out: list[bytes] = []
         for line in lines:
-            self._line(line, out)
+            line_fn(line, out)
         return out
 
     def flush(self) -> list[bytes]:
@@ -111,7 +122,7 @@ class StreamHandler:
 
     def on_event(self, payload: bytes, t: float) -> bool:
         """Handle one event arriving at ``t``; True when the stream is over (``[DONE]`` or an error)."""
-        if payload == DONE or payload.strip() == DONE:
+        if len(payload) < 16 and payload.strip() == DONE:
             self.done = True
             self._end(t)
             return True
