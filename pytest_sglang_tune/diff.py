@@ -169,7 +169,12 @@ def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any], *, thresholds: 
     best_new_ids = {cid for cid, _ in best_new.values()}
 
     def label(r: Mapping[str, Any]) -> str:
+        if r.get("display_id"):  # e.g. agent[lpm-chunk1024-c32]: readable, and it names workload and load
+            return f"{r.get('suite')}/{r['display_id']}"
         return f"{r.get('suite')}/{workload_name(r)}@{load_label(r.get('load'))} {r.get('config_id')}"
+
+    names = {str(r.get("config_id")): str(r["display_id"]).split("[", 1)[-1].rsplit("-", 1)[0]
+             for r in [*old_by.values(), *new_by.values()] if r.get("display_id") and "[" in str(r["display_id"])}
 
     for key in sorted(set(old_by) | set(new_by), key=str):
         o, n = old_by.get(key), new_by.get(key)
@@ -209,7 +214,7 @@ def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any], *, thresholds: 
     for k in sorted(set(best_old) & set(best_new), key=str):
         (old_id, where), (new_id, _) = best_old[k], best_new[k]
         if old_id != new_id:
-            out.best_changed.append(f"{where}: {old_id} → {new_id}")
+            out.best_changed.append(f"{where}: {names.get(old_id, old_id)} → {names.get(new_id, new_id)}")
     return out
 
 
@@ -223,11 +228,12 @@ def format_terminal(result: DiffResult, *, color: bool = False) -> list[str]:
         lines += [f"  {b}" for b in result.best_changed]
     rows = [c for c in result.changes if c.significant or c.crossed]
     if rows:
-        lines.append(f"{'':2}{'result':<70} {'metric':<26} {'old':>11} {'new':>11} {'change':>8}")
+        width = min(72, max(len(c.label) for c in rows))
+        lines.append(f"{'':2}{'result':<{width}} {'metric':<26} {'old':>10} {'new':>10} {'change':>8}")
         for c in rows:
             pct = "n/a" if c.percent is None else f"{c.percent:+.1f}%"
             mark = "!" if c.crossed else "*"
-            text = f"{mark} {c.label[:70]:<70} {c.metric:<26} {c.old:>11.4g} {c.new:>11.4g} {pct:>8}"
+            text = f"{mark} {c.label[:width]:<{width}} {c.metric:<26} {c.old:>10.4g} {c.new:>10.4g} {pct:>8}"
             if color:
                 text = ("\x1b[31m" if c.crossed else "\x1b[33m") + text + "\x1b[0m"
             lines.append(text)
