@@ -408,6 +408,12 @@ class SuiteItem(pytest.Item):
             return f"{type(excinfo.value).__name__}: {excinfo.value}"
         return super().repr_failure(excinfo)
 
+    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        # setup/teardown failures are rendered here (not by repr_failure): our errors already say it all
+        if isinstance(excinfo.value, TuneError) and style != "long":
+            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return super()._repr_failure_py(excinfo, style=style)
+
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.suite.name}::{self.name}"
 
