@@ -100,7 +100,9 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
     try:
         thresholds = [diff.parse_threshold(t) for t in args.fail_on]
-        metrics = [str(diff.parse_metric(m)) for m in args.metric] or list(diff.DEFAULT_METRICS)
+        from pytest_sglang_tune.grammar import parse_metric
+
+        metrics = [str(parse_metric(m)) for m in args.metric] or list(diff.DEFAULT_METRICS)
     except GrammarError as exc:
         print(f"sglang-tune diff: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -575,7 +575,7 @@ class ResultCollector:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         st = get_state(self.config)
-        records = [v for k, v in report.user_properties if k == RESULT_KEY]
+        records: list[dict[str, Any]] = [v for k, v in report.user_properties if k == RESULT_KEY]  # type: ignore[misc]
         if not records:
             return
         error: dict[str, Any] = next((v for k, v in reversed(report.user_properties) if k == ERROR_KEY), {})  # type: ignore[misc]
