@@ -74,8 +74,11 @@ def pareto(results: Sequence[Mapping[str, Any]], suites: Mapping[str, Mapping[st
     for (suite, wname), rs in sorted(groups.items()):
         y_name = latency_metric((suites.get(suite) or {}).get("slos") or [])
         ym = parse_metric(y_name)
-        pts = [(r, xm.value(r["metrics"]), ym.value(r["metrics"])) for r in rs]
-        pts = [(r, x, y) for r, x, y in pts if x is not None and y is not None]
+        pts: list[tuple[Mapping[str, Any], float, float]] = []
+        for r in rs:
+            x, y = xm.value(r["metrics"]), ym.value(r["metrics"])
+            if x is not None and y is not None:
+                pts.append((r, x, y))
         front = pareto_front([(x, y) for _, x, y in pts])
         out.append({"suite": suite, "workload": wname, "load": None, "x_metric": X_METRIC, "y_metric": y_name,
                     "points": [{"config_id": r.get("config_id"), "load": r.get("load"), "x": x, "y": y,
