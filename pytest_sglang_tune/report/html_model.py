@@ -13,7 +13,7 @@ from typing import Any
 
 from pytest_sglang_tune.analysis import pareto_front
 from pytest_sglang_tune.errors import GrammarError
-from pytest_sglang_tune.grammar import DISTRIBUTION_METRICS, Metric, parse_metric, parse_slo
+from pytest_sglang_tune.grammar import Metric, parse_metric, parse_slo
 from pytest_sglang_tune.ranking import is_ranked, load_key, load_label, workload_name
 from pytest_sglang_tune.report import objective_text, slo_texts
 
@@ -73,14 +73,9 @@ def objective_metric(report: Mapping[str, Any], suite: str) -> tuple[str, bool]:
 
 def latency_metric(report: Mapping[str, Any], suite: str) -> str:
     """The latency statistic of the suite's first latency SLO (``ttft_ms.p99`` when it has none)."""
-    for text in slo_texts(report, suite):
-        try:
-            m = parse_slo(text).metric
-        except GrammarError:
-            continue
-        if m.name in DISTRIBUTION_METRICS:
-            return str(m)
-    return DEFAULT_Y_METRIC
+    from pytest_sglang_tune.analysis import latency_metric as slo_latency_metric
+
+    return slo_latency_metric(slo_texts(report, suite))
 
 
 def slo_thresholds(report: Mapping[str, Any], suite: str) -> dict[str, list[tuple[str, float]]]:

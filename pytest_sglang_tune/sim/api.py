@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -128,6 +128,13 @@ def _finish(h: Handle) -> tuple[str, Any]:
     return "length", None
 
 
+def _usage_options(srv: Any, body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(send a usage chunk at the end, attach running usage to every chunk) for a streaming request."""
+    opts = _stream_options(body)
+    include = bool(opts.get("include_usage")) or bool(srv.cfg.args.get("stream_response_default_include_usage"))
+    return include, bool(opts.get("continuous_usage_stats"))
+
+
 def _stream_options(body: dict[str, Any]) -> dict[str, Any]:
     opts = body.get("stream_options")
     return opts if isinstance(opts, dict) else {}
@@ -217,11 +224,7 @@ def chat_completions(srv: SimServer) -> Handler:
                     "metadata": {"weight_version": "default"},
                 }
             )
-        opts = _stream_options(body)
-        include_usage = bool(opts.get("include_usage")) or bool(
-            srv.cfg.args.get("stream_response_default_include_usage")
-        )
-        continuous = bool(opts.get("continuous_usage_stats"))
+        include_usage, continuous = _usage_options(srv, body)
         head = (
             f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{created},'
             f'"model":{_dumps(model)},"choices":['
@@ -319,11 +322,7 @@ def completions(srv: SimServer) -> Handler:
                     "metadata": {"weight_version": "default"},
                 }
             )
-        opts = _stream_options(body)
-        include_usage = bool(opts.get("include_usage")) or bool(
-            srv.cfg.args.get("stream_response_default_include_usage")
-        )
-        continuous = bool(opts.get("continuous_usage_stats"))
+        include_usage, continuous = _usage_options(srv, body)
         head = (
             f'data: {{"id":"{rid}","object":"text_completion","created":{created},"model":{_dumps(model)},"choices":['
         )

