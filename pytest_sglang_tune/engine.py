@@ -106,6 +106,10 @@ class Engine:
         if cfg.gpus > cap.gpus:
             return (f"config needs {cfg.gpus} GPU(s) (tp × dp × pp) but {cap.gpus} available "
                     f"({cap.source})")
+        fits = getattr(self.backend, "fits", None)  # e.g. ome: some node must have that many GPUs free
+        if fits is not None:
+            problem: str | None = fits(cfg.gpus, settings)
+            return problem
         return None
 
     # --- deployments ----------------------------------------------------------------------------------------
@@ -194,7 +198,8 @@ class Engine:
         check = self.watchdog(live)
         try:
             point = run_point(live.deployment.endpoint, workload, load, watchdog=check,
-                              scrape_metrics=bool(live.server_info.get("enable_metrics")))
+                              scrape_metrics=bool(live.server_info.get("enable_metrics")),
+                              procs=self.options.loadgen_procs)
             # requests to a dead server fail fast, possibly before the watchdog's next tick: check once more
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline and any(s.error for s in point.samples[-3:]):
@@ -267,7 +272,8 @@ def deployment_fields(live: Live) -> dict[str, Any]:
         "ready_s": round(live.ready_s, 3),
         "endpoint_url": d.endpoint.base_url,
     }
-    for k in ("image", "image_digest", "gpus_used"):
+    for k in ("image", "image_digest", "gpus_used", "endpoint_mode", "inference_service", "namespace", "node", "pod",
+              "container"):
         if k in d.info:
             fields[k] = d.info[k]
     if sim:

@@ -712,6 +712,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     st = config.stash.get(STATE, None)
     if st is not None and st.engine is not None:
         st.engine.shutdown()
+        close = getattr(st.engine.backend, "close", None)  # e.g. ome: delete the runtime/model we created
+        if close is not None:
+            close()
     if st is not None and st.controller:
         import shutil
 

@@ -50,14 +50,15 @@ TOP_FIELDS = ("name", "description", "sglang_version", "model", "backends", "ser
 MODEL_FIELDS = ("path", "served_name")
 SERVER_FIELDS = ("fixed", "grid", "paired", "constraints")
 WORKLOAD_FIELDS = ("name", "scenario", "input_len", "output_len", "endpoint", "num_requests", "warmup_requests",
-                   "concurrency", "request_rate", "shared_prefix", "seed", "max_duration_s")
+                   "concurrency", "request_rate", "shared_prefix", "seed", "max_duration_s", "dataset", "turns",
+                   "burstiness", "warmup_s", "cooldown_s")
 BACKEND_FIELDS: dict[str, tuple[str, ...]] = {
     "sim": ("gpu", "perf_model", "needs_gpus", "launcher", "env", "port", "ready_timeout"),
     "local": ("launcher", "needs_gpus", "env", "port", "ready_timeout"),
     "docker": ("image", "needs_gpus", "env", "shm_size", "ipc_host", "hf_cache", "ulimits", "network",
                "ready_timeout"),
-    "ome": ("runtime", "model", "namespace", "create_runtime", "create_model", "node_selector", "tolerations",
-            "env", "ready_timeout"),
+    "ome": ("runtime", "model", "namespace", "create_runtime", "create_model", "create_namespace", "node_selector",
+            "tolerations", "env", "ready_timeout", "unschedulable_grace"),
 }
 _WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -296,7 +297,26 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
     name = w.get("name") or f"workload{i}"
     if not isinstance(name, str) or not _WORKLOAD_NAME.match(name):
         raise c.err(f"workload name {name!r} must be letters, digits, '_', '-' or '.'", "workloads", i, "name")
-    inp, out = _lengths(c, w, i)
+    dataset = w.get("dataset")
+    if dataset is not None:
+        if not isinstance(dataset, str) or not dataset.strip():
+            raise c.err(f"dataset {dataset!r} must be the path of a ShareGPT-format JSON file", "workloads", i,
+                        "dataset")
+        for key in ("scenario", "input_len", "shared_prefix"):
+            if key in w:
+                raise c.err(f"{key} cannot be given with dataset: prompts come from the dataset (output_len "
+                            "may override the reference output lengths)", "workloads", i, key)
+        ds_path = Path(dataset).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = c.path.parent / ds_path
+        if not ds_path.is_file():
+            raise c.err(f"dataset {dataset!r} not found (looked for {ds_path})", "workloads", i, "dataset")
+        dataset = str(ds_path)
+        inp = LengthDist("D", 0.0)  # loadgen.workload.FROM_DATASET: lengths from the dataset's records
+        out = _lengths(c, {"input_len": 1, "output_len": w["output_len"]}, i)[1] if "output_len" in w \
+            else LengthDist("D", 0.0)
+    else:
+        inp, out = _lengths(c, w, i)
     endpoint = w.get("endpoint", "chat")
     if endpoint not in ENDPOINTS:
         raise c.err(f"endpoint {endpoint!r} is not valid; choose one of {', '.join(ENDPOINTS)}",
@@ -342,7 +362,19 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
                         "number, or one per load level", "workloads", i, "num_requests")
         per_load = tuple(c.int_(n, "workloads", i, "num_requests", minimum=1) for n in nreq)
         nreq = max(per_load)
+    turns = c.int_(w.get("turns", 1), "workloads", i, "turns", minimum=1)
+    if turns > 1 and endpoint != "chat":
+        raise c.err(f"turns {turns} needs endpoint 'chat' (sessions carry the chat history), not {endpoint!r}",
+                    "workloads", i, "turns")
+    burst = c.number(w.get("burstiness", 1.0), "workloads", i, "burstiness")
+    windows = {}
+    for key in ("warmup_s", "cooldown_s"):
+        v = w.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise c.err(f"expected a number of seconds >= 0, got {v!r}", "workloads", i, key)
+        windows[key] = float(v)
     return Workload(
+        dataset=dataset, turns=turns, burstiness=burst, **windows,
         name=name, input_len=inp, output_len=out, num_requests_per_load=per_load,
         num_requests=c.int_(nreq, "workloads", i, "num_requests", minimum=1),
         warmup_requests=c.int_(w.get("warmup_requests", 2), "workloads", i, "warmup_requests", minimum=0),

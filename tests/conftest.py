@@ -7,12 +7,14 @@ import pytest
 # pytester's in-process runs restore sys.modules afterwards; modules first imported inside such a run would be
 # dropped and re-imported with new class identities (requests then fails with "You can only merge into
 # CookieJar"). Import what the plugin loads lazily once, up front.
-import pytest_sglang_tune.backends.local  # noqa: F401
-import pytest_sglang_tune.backends.sim  # noqa: F401
-import pytest_sglang_tune.loadgen.runner  # noqa: F401
-import pytest_sglang_tune.metrics  # noqa: F401
-import pytest_sglang_tune.readiness  # noqa: F401
-import pytest_sglang_tune.reporting  # noqa: F401
+import pytest_sglang_tune.backends.docker
+import pytest_sglang_tune.backends.local
+import pytest_sglang_tune.backends.ome
+import pytest_sglang_tune.backends.sim
+import pytest_sglang_tune.loadgen.runner
+import pytest_sglang_tune.metrics
+import pytest_sglang_tune.readiness
+import pytest_sglang_tune.reporting
 import pytest_sglang_tune.results  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

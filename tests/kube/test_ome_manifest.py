@@ -1,0 +1,136 @@
+"""The InferenceService we generate, validated against OME's real CRD schema with unknown fields refused."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeapi import load_crds
+from fakecluster import REFERENCE_CRDS, test_model, test_runtime
+
+from pytest_sglang_tune.backends.base import DeploymentSpec
+from pytest_sglang_tune.backends.ome_manifest import build_inference_service, isvc_name, label_value
+from pytest_sglang_tune.backends.ome_schema import schema_errors, validate_manifest
+from pytest_sglang_tune.errors import DeployError, SuiteError
+
+pytestmark = pytest.mark.kube
+DNS1123 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.fixture(scope="module")
+def crds() -> dict[str, Any]:
+    if not REFERENCE_CRDS.is_dir():
+        pytest.skip(f"OME CRDs not found at {REFERENCE_CRDS}")
+    return load_crds(REFERENCE_CRDS)
+
+
+def spec(**settings: Any) -> DeploymentSpec:
+    base = {"runtime": "srt-qwen3-8b", "model": "qwen3-8b"}
+    base.update(settings)
+    return DeploymentSpec(suite="qwen8b-chat", config_id="tp-size=2,mem-fraction-static=0.85~ab12cd",
+                          model_path="Qwen/Qwen3-8B", served_model_name="qwen3-8b",
+                          server_args={"--tp-size": 2, "--mem-fraction-static": 0.85},
+                          argv=("--tp-size", "2", "--mem-fraction-static", "0.85"), gpus=2, settings=base,
+                          run_id="20260101-000000-abcd")
+
+
+def isvc(s: DeploymentSpec | None = None) -> dict[str, Any]:
+    return build_inference_service(s or spec(), name="qwen8b-chat-tp-2-abc123", namespace="tune",
+                                   runtime=test_runtime(), owner="host:1")
+
+
+@pytest.mark.parametrize(("suite", "config_id"), [
+    ("qwen8b-chat", "tp-size=2,mem-fraction-static=0.85"),
+    ("Qwen3_8B Chat!!", "x" * 300),
+    ("9lives", "chunked-prefill-size=8192,schedule-policy=lpm,enable-mixed-chunk=True~0f0f0f"),
+    ("-", "-"),
+])
+def test_names_are_dns1123_short_and_unique_per_run(suite: str, config_id: str) -> None:
+    a = isvc_name(suite, config_id, "run-a")
+    assert DNS1123.match(a) and len(a) <= 47, a
+    assert a == isvc_name(suite, config_id, "run-a")
+    assert a != isvc_name(suite, config_id, "run-b")
+    assert a != isvc_name(suite, config_id + "x", "run-a")
+
+
+@pytest.mark.parametrize(("value", "ok"), [("run-1", True), ("a" * 80, False), ("x=y,z", False)])
+def test_label_values_are_valid(value: str, ok: bool) -> None:
+    out = label_value(value)
+    assert len(out) <= 63 and re.match(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", out)
+    assert (out == value) is ok
+
+
+def test_manifest_carries_flags_as_runner_args_and_copies_runtime_resources() -> None:
+    body = isvc()
+    runner = body["spec"]["engine"]["runner"]
+    assert runner["args"] == ["--tp-size", "2", "--mem-fraction-static", "0.85", "--served-model-name", "qwen3-8b"]
+    assert "command" not in runner  # the runtime's launch line stays: our args are appended to it
+    assert runner["name"] == "ome-container"
+    assert runner["resources"] == {"requests": {"cpu": "10", "memory": "30Gi", "nvidia.com/gpu": "2"},
+                                   "limits": {"cpu": "10", "memory": "30Gi", "nvidia.com/gpu": "2"}}
+    assert body["spec"]["engine"]["minReplicas"] == body["spec"]["engine"]["maxReplicas"] == 1
+    assert body["spec"]["runtime"] == {"name": "srt-qwen3-8b", "kind": "ClusterServingRuntime"}
+    assert body["spec"]["model"] == {"name": "qwen3-8b", "kind": "ClusterBaseModel"}
+    labels = body["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "pytest-sglang-tune"
+    assert labels["sglang-tune.io/run"] == "20260101-000000-abcd"
+    assert labels["sglang-tune.io/suite"] == "qwen8b-chat"
+    assert body["metadata"]["annotations"]["sglang-tune.io/config-id"] == spec().config_id
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"env": {"NCCL_DEBUG": "INFO", "HF_HUB_OFFLINE": 1}},
+    {"node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
+    {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    {"runtime": {"name": "srt-ns", "kind": "ServingRuntime"}, "model": {"name": "m", "kind": "BaseModel"}},
+])
+def test_every_generated_manifest_passes_the_closed_crd_schema(crds: dict[str, Any],
+                                                               settings: dict[str, Any]) -> None:
+    body = isvc(spec(**settings))
+    assert schema_errors(body, crds["inferenceservices.ome.io"]) == []
+
+
+def test_a_typo_is_refused_by_the_closed_schema(crds: dict[str, Any]) -> None:
+    body = isvc()
+    bad = copy.deepcopy(body)
+    bad["spec"]["engine"]["runner"]["arg"] = bad["spec"]["engine"]["runner"].pop("args")
+    errors = schema_errors(bad, crds["inferenceservices.ome.io"])
+    assert any(e.startswith("spec.engine.runner:") and "'arg' was unexpected" in e for e in errors), errors
+    with pytest.raises(DeployError, match=r"spec\.engine\.runner: Additional properties.*'arg'"):
+        validate_manifest(bad, crds["inferenceservices.ome.io"])
+
+
+def test_the_test_runtime_and_model_pass_their_crds(crds: dict[str, Any]) -> None:
+    assert schema_errors(test_runtime(), crds["clusterservingruntimes.ome.io"]) == []
+    assert schema_errors(test_model(), crds["clusterbasemodels.ome.io"]) == []
+
+
+def test_upstream_samples_pass_the_closed_schema(crds: dict[str, Any]) -> None:
+    """The closed schema is not stricter than OME itself: its own samples validate."""
+    import yaml
+
+    samples = REFERENCE_CRDS.parent / "ome-samples"
+    kinds = {"InferenceService": "inferenceservices.ome.io", "ClusterServingRuntime": "clusterservingruntimes.ome.io",
+             "ClusterBaseModel": "clusterbasemodels.ome.io"}
+    seen = 0
+    for path in sorted(Path(samples).glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        if doc.get("kind") in kinds:
+            assert schema_errors(doc, crds[kinds[doc["kind"]]]) == [], path.name
+            seen += 1
+    assert seen == 3
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"runtime": None}, "backends.ome.runtime: must name the ClusterServingRuntime"),
+    ({"model": {"name": "m", "kind": "Model"}}, "backends.ome.model: kind 'Model' is not one of ClusterBaseModel"),
+    ({"env": ["A=1"]}, "backends.ome.env: must be a mapping NAME: value"),
+    ({"node_selector": "gpu"}, "backends.ome.node_selector: must be a mapping"),
+])
+def test_bad_suite_settings_name_the_field(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(SuiteError, match=re.escape(message)):
+        isvc(spec(**settings))

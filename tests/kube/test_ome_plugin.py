@@ -1,0 +1,114 @@
+"""``pytest --backend=ome`` end to end through pytester against the fake cluster (API server + OME controller)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fakecluster import MODEL, RUNTIME, FakeCluster
+
+pytestmark = pytest.mark.kube
+
+
+def suite_text(grid: str = "schedule-policy: [lpm, fcfs]", ome: str = "") -> str:
+    return f"""\
+name: kube-demo
+model: {{path: Qwen/Qwen3-8B, served_name: qwen3-8b}}
+backends:
+  ome: {{runtime: {RUNTIME}, model: {MODEL}, ready_timeout: 300{ome}}}
+server:
+  fixed: {{mem-fraction-static: 0.8}}
+  grid: {{{grid}}}
+workloads:
+  - name: chat
+    scenario: D(64,16)
+    num_requests: [4]
+    warmup_requests: 1
+    concurrency: [2]
+slos: ["ttft_ms.p99 <= 5000"]
+objective: {{maximize: output_throughput_per_gpu}}
+"""
+
+
+def report_of(pytester: pytest.Pytester) -> dict:  # type: ignore[type-arg]
+    (path,) = (pytester.path / "reports").glob("*/report.json")
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def test_backend_ome_end_to_end_report_with_flags_verified(pytester: pytest.Pytester,
+                                                          fake_cluster: FakeCluster) -> None:
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    result = pytester.runpytest_subprocess("--backend=ome", "--gpus=4", "-p", "no:cacheprovider",
+                                           "--sglang-ome-url=tunnel")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*ome: endpoint reached through a port-forward tunnel*"])
+    records = report_of(pytester)["results"]
+    assert {r["server_args"]["schedule-policy"] for r in records} == {"lpm", "fcfs"}
+    for r in records:
+        assert r["status"] == "passed", r
+        assert r["backend"] == "ome"
+        assert r["launch_command"].endswith(f"--schedule-policy {r['server_args']['schedule-policy']} "
+                                            "--served-model-name qwen3-8b")
+    # the flags that reached the sim are the config's, appended after the runtime's launch line
+    seen = list(fake_cluster.controller.argv_seen.values())
+    assert len(seen) == 2
+    for argv in seen:
+        i = argv.index("--mem-fraction-static")
+        assert argv[i:i + 2] == ["--mem-fraction-static", "0.8"]
+        assert argv[argv.index("--schedule-policy") + 1] in ("lpm", "fcfs")
+    assert fake_cluster.ours() == []
+
+
+@pytest.mark.parametrize(("fault", "expected"), [
+    ("drop_args", "*flags not applied: --mem-fraction-static=0.8 (the server runs with 0.9)*"),
+    ("tp_override", "*flags not applied: --tp-size=1 (the server runs with 2)*"),
+])
+def test_flags_dropped_or_rewritten_by_the_cluster_fail(pytester: pytest.Pytester, fake_cluster: FakeCluster,
+                                                        fault: str, expected: str) -> None:
+    fake_cluster.controller.fault = fault
+    pytester.makefile(".yaml", tune_kube=suite_text(grid="tp-size: [1]"))
+    result = pytester.runpytest_subprocess("--backend=ome", "-p", "no:cacheprovider", "--sglang-ome-url=direct")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([expected])
+    assert fake_cluster.ours() == []
+
+
+def test_zero_gpus_skips_every_config_at_once(pytester: pytest.Pytester, fake_cluster: FakeCluster) -> None:
+    fake_cluster.store.delete("nodes", "", "gpu-node-0")
+    fake_cluster.add_node("cpu-node-0", 0)
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    start = time.monotonic()
+    result = pytester.runpytest("--backend=ome", "-p", "no:cacheprovider", "-rs")
+    elapsed = time.monotonic() - start
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*0 available (cluster nodes: 1 node(s), 0 with nvidia.com/gpu, 0 allocatable*"])
+    assert elapsed < 5.0  # includes pytest's own start; the capacity check itself is one list of nodes and pods
+    assert fake_cluster.store.list("inferenceservices") == []
+
+
+def test_sigint_while_starting_leaves_nothing(pytester: pytest.Pytester, fake_cluster: FakeCluster) -> None:
+    fake_cluster.controller.fault = "never_ready"
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "--backend=ome", "-p", "no:cacheprovider",
+                             str(pytester.path)], cwd=pytester.path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not fake_cluster.store.list("pods") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fake_cluster.store.list("inferenceservices"), "the run never created an InferenceService"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert fake_cluster.ours() == [], out.decode()[-2000:]
+
+
+def test_fake_cluster_script_documented(pytester: pytest.Pytester) -> None:
+    script = Path(__file__).with_name("fakecluster.py")
+    text = script.read_text()
+    assert "--backend=ome" in text and "SGLANG_TUNE_PORT_FORWARD=client" in text
