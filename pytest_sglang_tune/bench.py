@@ -22,13 +22,25 @@ def add_parser(sub: Any) -> None:
                                    "and write a report.json (schema 1) with one result per load level.")
     b.add_argument("--url", required=True, help="base URL of the server, e.g. http://127.0.0.1:30000")
     b.add_argument("--model", required=True, help="model name to send (the server's served model name)")
-    b.add_argument("--scenario", default="D(128,32)",
-                   help="input/output lengths: D(in,out), N(mi,si)/(mo,so) or U(min,max)/(min,max)")
+    b.add_argument("--scenario", default=None,
+                   help="input/output lengths: D(in,out), N(mi,si)/(mo,so) or U(min,max)/(min,max) "
+                        "(default D(128,32))")
     b.add_argument("--endpoint", default="completions", choices=("chat", "completions", "generate"))
     b.add_argument("--concurrency", type=int, action="append", default=[],
                    help="closed-loop concurrency (repeat for a sweep)")
     b.add_argument("--request-rate", type=float, action="append", default=[],
                    help="open-loop Poisson rate in req/s (repeat for a sweep); with one --concurrency, capped by it")
+    b.add_argument("--rate-sweep", metavar="START:STOP:STEP", action="append", default=[],
+                   help="request rates START, START+STEP, ... up to STOP inclusive (added to --request-rate)")
+    b.add_argument("--burstiness", type=float, default=1.0,
+                   help="open-loop arrivals: gamma shape (1 = Poisson, < 1 burstier, > 1 more regular)")
+    b.add_argument("--dataset", type=Path, default=None,
+                   help="ShareGPT-format JSON: prompts and reference output lengths (--scenario's output length "
+                        "overrides them only when --scenario is given)")
+    b.add_argument("--turns", type=int, default=1, help="chat sessions of this many requests carrying the history")
+    b.add_argument("--warmup-s", type=float, default=0.0, help="leave out requests sent in the first seconds")
+    b.add_argument("--cooldown-s", type=float, default=0.0, help="leave out requests ending in the last seconds")
+    b.add_argument("--procs", type=int, default=1, help="spread each point over this many client processes")
     b.add_argument("--num-requests", type=int, default=100)
     b.add_argument("--warmup-requests", type=int, default=2)
     b.add_argument("--shared-prefix", metavar="GROUPS:PREFIX_LEN", help="requests share one of GROUPS prefixes")
@@ -45,38 +57,52 @@ def run(args: argparse.Namespace) -> int:
     from pytest_sglang_tune.backends.base import Endpoint
     from pytest_sglang_tune.grammar import parse_slo
     from pytest_sglang_tune.loadgen.runner import run_point
-    from pytest_sglang_tune.loadgen.workload import Load, SharedPrefix, Workload, parse_scenario
+    from pytest_sglang_tune.loadgen.workload import FROM_DATASET, Load, SharedPrefix, Workload, parse_scenario
     from pytest_sglang_tune.metrics import summarize
     from pytest_sglang_tune.report.json import dumps
     from pytest_sglang_tune.results import atomic_write_text, build_report, machine_info, new_run_id, now_iso
 
     try:
-        inp, out = parse_scenario(args.scenario)
+        inp, out = parse_scenario(args.scenario or "D(128,32)")
+        if args.dataset is not None:
+            inp, out = FROM_DATASET, (out if args.scenario else FROM_DATASET)
         slos = [parse_slo(s) for s in args.slo]
         shared = None
         if args.shared_prefix:
             groups, _, plen = args.shared_prefix.partition(":")
             shared = SharedPrefix(int(groups), int(plen))
+        rates = [*args.request_rate, *(r for spec in args.rate_sweep for r in parse_rate_sweep(spec))]
+        if args.dataset is not None and shared is not None:
+            raise ValueError("--shared-prefix cannot be combined with --dataset (the prompts come from the file)")
+        if args.procs < 1:
+            raise ValueError(f"--procs {args.procs} must be at least 1")
     except (SuiteError, GrammarError, ValueError) as exc:
         print(f"sglang-tune bench: error: {exc}", file=sys.stderr)
         return 2
     loads: list[Load]
-    if args.request_rate:
+    if rates:
         cap = args.concurrency[0] if len(args.concurrency) == 1 else None
-        loads = [Load(concurrency=cap, request_rate=r) for r in args.request_rate]
+        loads = [Load(concurrency=cap, request_rate=r) for r in rates]
     else:
         loads = [Load(concurrency=c) for c in (args.concurrency or [1])]
     endpoint = Endpoint(args.url, args.model, api_key=args.api_key)
     run_id, started = new_run_id(), now_iso()
     results = []
     for load in loads:
-        wl = Workload(name="bench", input_len=inp, output_len=out, num_requests=args.num_requests,
-                      warmup_requests=args.warmup_requests, endpoint=args.endpoint, loads=(load,),
-                      shared_prefix=shared, seed=args.seed, max_duration_s=args.max_duration)
-        print(f"bench {args.url} {args.endpoint} {args.scenario} {load.label()} ...", flush=True)
+        try:
+            wl = Workload(name="bench", input_len=inp, output_len=out, num_requests=args.num_requests,
+                          warmup_requests=args.warmup_requests, endpoint=args.endpoint, loads=(load,),
+                          shared_prefix=shared, seed=args.seed, max_duration_s=args.max_duration,
+                          dataset=str(args.dataset) if args.dataset is not None else None, turns=args.turns,
+                          burstiness=args.burstiness, warmup_s=args.warmup_s, cooldown_s=args.cooldown_s)
+        except SuiteError as exc:
+            print(f"sglang-tune bench: error: {exc}", file=sys.stderr)
+            return 2
+        what = f"dataset {args.dataset.name}" if args.dataset is not None else f"{inp}/{out}"
+        print(f"bench {args.url} {args.endpoint} {what} {load.label()} ...", flush=True)
         t0 = time.monotonic()
         try:
-            point = run_point(endpoint, wl, load)
+            point = run_point(endpoint, wl, load, procs=args.procs)
         except TuneError as exc:
             print(f"sglang-tune bench: error: {exc}", file=sys.stderr)
             return 1
@@ -84,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         results.append({
             "test_id": f"bench[{load.label()}]", "suite": "bench", "config_id": "external",
             "workload": {"name": "bench", "content_hash": wl.content_hash, "endpoint": wl.endpoint,
-                         "input_len": str(inp), "output_len": str(out), "num_requests": wl.num_requests},
+                         "input_len": str(inp), "output_len": str(out), "num_requests": wl.num_requests,
+                         "dataset": wl.dataset, "turns": wl.turns, "burstiness": wl.burstiness,
+                         "procs": args.procs},
             "server_args": {}, "launch_command": None, "sglang_version": None, "image": None, "image_digest": None,
             "perf_model": None, "load": load.to_dict(), "status": "passed", "reason": None, "metrics": metrics,
             "slo_pass": all(s.check(metrics) for s in slos) if slos else None, "gpus_used": [],
@@ -102,6 +130,25 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(args.output, dumps(report))
     print(f"wrote {args.output}")
     return 0
+
+
+def parse_rate_sweep(spec: str) -> list[float]:
+    """``START:STOP:STEP`` → ``[START, START+STEP, ..., ≤ STOP]`` (STOP included when the steps land on it).
+
+    >>> parse_rate_sweep("10:40:10")
+    [10.0, 20.0, 30.0, 40.0]
+    """
+    parts = spec.split(":")
+    try:
+        start, stop, step = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--rate-sweep {spec!r} is not START:STOP:STEP (three numbers, e.g. 10:50:10)") from None
+    if not (start > 0 and step > 0 and stop >= start):
+        raise ValueError(f"--rate-sweep {spec!r}: need START > 0, STEP > 0 and STOP >= START")
+    n = int((stop - start) / step + 1e-9) + 1
+    if n > 1000:
+        raise ValueError(f"--rate-sweep {spec!r} gives {n} rates; at most 1000")
+    return [round(start + i * step, 9) for i in range(n)]
 
 
 def _f(v: Any) -> str:

@@ -63,7 +63,11 @@ def test_collection_error_names_file_line_and_flag(pytester: pytest.Pytester) ->
     pytester.makefile(".yaml", tune_bad=suite_text().replace("schedule-policy", "schedule-polcy"))
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.INTERRUPTED  # collection errors stop the session
-    result.stdout.fnmatch_lines(["*ERROR collecting tune_bad.yaml*", "*FlagError: *tune_bad.yaml:6: unknown SGLang flag *--schedule-polcy* for SGLang 0.5.23; did you mean --schedule-policy?"])
+    result.stdout.fnmatch_lines([
+        "*ERROR collecting tune_bad.yaml*",
+        "*FlagError: *tune_bad.yaml:6: unknown SGLang flag *--schedule-polcy* for SGLang 0.5.23; "
+        "did you mean --schedule-policy?",
+    ])
 
 
 def test_bad_options_are_usage_errors(pytester: pytest.Pytester) -> None:
@@ -120,7 +124,8 @@ def test_server_that_never_becomes_ready(pytester: pytest.Pytester) -> None:
     launcher = f"{sys.executable} -c \"import time; time.sleep(120)\""
     result = _run_local(pytester, launcher, timeout=1.5)
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*NotReady: server not ready after 2s (last: /health_generate*--sglang-ready-timeout*"])
+    result.stdout.fnmatch_lines(
+        ["*NotReady: server not ready after 2s (last: /health_generate*--sglang-ready-timeout*"])
 
 
 def test_port_already_taken(pytester: pytest.Pytester) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_sglang_tune.readiness import check_flags_applied, classify_failure
 from pytest_sglang_tune.errors import FlagsNotApplied
+from pytest_sglang_tune.readiness import check_flags_applied, classify_failure
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,8 @@ def test_classify_failure(tail: str, cause: str | None) -> None:
 @pytest.mark.parametrize(
     ("info", "message"),
     [
-        ({"schedule_policy": "fcfs", "tp_size": 2}, "flags not applied: --schedule-policy='lpm' (the server runs with 'fcfs')"),
+        ({"schedule_policy": "fcfs", "tp_size": 2},
+         "flags not applied: --schedule-policy='lpm' (the server runs with 'fcfs')"),
         ({"tp_size": 2}, "flags not applied: --schedule-policy='lpm' (the server reports no 'schedule_policy')"),
         ({"schedule_policy": "lpm", "tp_size": 1}, "flags not applied: --tp-size=2 (the server runs with 1)"),
         ({}, "cannot verify"),

@@ -138,3 +138,55 @@ def test_shipped_suites_are_valid() -> None:
     for path in suites:
         exp = expand(load_suite(path))
         assert len(exp.configs) >= 8, path
+
+
+SHAREGPT = Path(__file__).parent / "fixtures" / "sharegpt_small.json"
+
+
+def test_new_workload_fields_parse(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sg.json").write_bytes(SHAREGPT.read_bytes())
+    path = write(tmp_path, """\
+        model: m
+        workloads:
+          - {name: sg, dataset: data/sg.json, endpoint: completions, concurrency: [2], warmup_s: 1.5,
+             cooldown_s: 0.5, burstiness: 0.5, max_duration_s: 30}
+          - {name: mt, scenario: 'D(64,8)', turns: 3, request_rate: [4]}
+          - {name: plain, scenario: 'D(64,8)', concurrency: [2]}
+        """)
+    sg, mt, plain = load_suite(path).workloads
+    assert sg.dataset == str(tmp_path / "data" / "sg.json")  # relative to the suite file
+    assert (sg.warmup_s, sg.cooldown_s, sg.burstiness, sg.max_duration_s) == (1.5, 0.5, 0.5, 30.0)
+    assert str(sg.input_len) == "0" and str(sg.output_len) == "0"  # lengths from the dataset
+    assert "sharegpt" not in sg.content_dict()["dataset"] and sg.content_dict()["dataset"].startswith("sg.json@")
+    assert mt.turns == 3 and mt.sessions == 22  # 64 requests in sessions of 3
+    assert plain.turns == 1 and plain.burstiness == 1.0 and plain.warmup_s == 0.0
+    # workloads that do not use the new fields keep their content hash
+    assert set(plain.content_dict()) == {"input_len", "output_len", "num_requests", "warmup_requests", "endpoint",
+                                         "shared_prefix", "seed", "max_duration_s"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ("{dataset: nowhere.json, concurrency: [1]}", "workloads.0.dataset: dataset 'nowhere.json' not found"),
+        ("{dataset: 3, concurrency: [1]}", "workloads.0.dataset: dataset 3 must be the path of a ShareGPT"),
+        ("{dataset: SG, scenario: 'D(1,2)', concurrency: [1]}",
+         "workloads.0.scenario: scenario cannot be given with dataset"),
+        ("{scenario: 'D(8,2)', turns: 0, concurrency: [1]}", "workloads.0.turns: expected an integer >= 1, got 0"),
+        ("{scenario: 'D(8,2)', turns: 2, endpoint: completions, concurrency: [1]}",
+         "workloads.0.turns: turns 2 needs endpoint 'chat'"),
+        ("{scenario: 'D(8,2)', burstiness: 0, request_rate: [1]}",
+         "workloads.0.burstiness: expected a positive number, got 0"),
+        ("{scenario: 'D(8,2)', warmup_s: -1, concurrency: [1]}",
+         "workloads.0.warmup_s: expected a number of seconds >= 0, got -1"),
+        ("{scenario: 'D(8,2)', cooldown_s: soon, concurrency: [1]}",
+         "workloads.0.cooldown_s: expected a number of seconds >= 0, got 'soon'"),
+    ],
+)
+def test_bad_new_workload_fields(tmp_path: Path, fields: str, message: str) -> None:
+    path = write(tmp_path, f"model: m\nworkloads:\n  - {fields.replace('SG', str(SHAREGPT))}\n")
+    with pytest.raises(SuiteError) as excinfo:
+        load_suite(path)
+    assert message in str(excinfo.value)
+    assert f"{path}:3" in str(excinfo.value)

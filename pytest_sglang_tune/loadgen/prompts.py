@@ -169,6 +169,36 @@ def _dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def text_body(endpoint: str, model: str, text: str, n_out: int) -> dict[str, Any]:
+    """A streaming body carrying ``text`` as the prompt (dataset prompts, which are text, not ids)."""
+    if endpoint == "chat":
+        return chat_body(model, text, n_out)
+    if endpoint == "completions":
+        body = completions_body(model, [], n_out)
+        body["prompt"] = text
+        return body
+    body = generate_body([], n_out)
+    del body["input_ids"]
+    return {"text": text, **body}
+
+
+def _dataset_requests(workload: Workload, model: str, count: int, stream: str, warmup: bool,
+                      cal: ChatCalibration) -> list[PreparedRequest]:
+    from pytest_sglang_tune.loadgen.dataset import estimate_tokens, sample_conversations
+    from pytest_sglang_tune.loadgen.workload import FROM_DATASET
+
+    assert workload.dataset is not None
+    rng = random.Random(f"{workload.seed}:{stream}:output")
+    out: list[PreparedRequest] = []
+    for conv in sample_conversations(workload.dataset, count, workload.seed, stream=stream):
+        first = conv[0]
+        n_out = first.reply_tokens if workload.output_len == FROM_DATASET else max(1, workload.output_len.sample(rng))
+        n_in = estimate_tokens(first.prompt) + (round(cal.overhead) if workload.endpoint == "chat" else 0)
+        body = text_body(workload.endpoint, model, first.prompt, n_out)
+        out.append(PreparedRequest(PATHS[workload.endpoint], _dumps(body), n_in, n_out, warmup))
+    return out
+
+
 def build_requests(
     workload: Workload, model: str, *, warmup: bool = False, calibration: ChatCalibration | None = None
 ) -> list[PreparedRequest]:
@@ -180,6 +210,8 @@ def build_requests(
     if endpoint not in PATHS:
         raise ValueError(f"workload {workload.name!r}: endpoint {endpoint!r} is not one of {', '.join(PATHS)}")
     cal = calibration or ChatCalibration()
+    if workload.dataset is not None:
+        return _dataset_requests(workload, model, count, stream, warmup, cal)
     sp = workload.shared_prefix
     prefixes: list[Any] = []
     if sp is not None and sp.groups > 0 and sp.prefix_len > 0:

@@ -7,8 +7,15 @@ Load levels:
   (``intended_send`` is the arrival time, ``sent`` when it really went out).
 * neither — everything at once.
 
+Open-loop gaps are gamma-distributed with shape ``workload.burstiness`` (1 = Poisson). With ``turns > 1`` the
+units sent are chat sessions (``sessions``): closed loop, a worker runs whole sessions; open loop, sessions
+start at ``request_rate / turns``.
+
 Warmup requests (``workload.warmup_requests``) go first, closed loop, marked ``warmup=True``.
-``workload.max_duration_s`` stops sending new measured requests after that long (in-flight ones finish).
+``workload.max_duration_s`` stops sending new measured requests after that long from the start of the
+measured phase (an open loop does not wait for an arrival beyond it; in-flight requests finish).
+``warmup_s``/``cooldown_s`` then leave out requests sent in the first / ending in the last seconds
+(``apply_windows``: they are marked ``warmup`` and the point's duration shrinks to the window).
 ``timeout_s`` bounds the whole point: at the deadline in-flight requests are cancelled and marked ``timeout``,
 unsent ones are dropped, and a warning says so. A ``watchdog`` is called (in a worker thread, so a slow check
 does not stall the event loop) right away and then every ``WATCHDOG_INTERVAL_S``; when it raises, in-flight
@@ -19,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -39,15 +47,16 @@ from pytest_sglang_tune.loadgen.client import (
 )
 from pytest_sglang_tune.loadgen.fastclient import LeanStreamer
 from pytest_sglang_tune.loadgen.prompts import (
+    PATHS,
     VOCAB_CANDIDATES,
     VOCAB_PROBE_WORDS,
     ChatCalibration,
-    PreparedRequest,
     build_requests,
     probe_text,
     repeated,
 )
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
+from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, next_requested_input, session_samples, turn_body
 from pytest_sglang_tune.loadgen.workload import Load, Workload
 
 WATCHDOG_INTERVAL_S = 0.2
@@ -67,7 +76,13 @@ def _check_load(load: Load) -> None:
 
 
 class _Point:
-    """One running point; samples are filled in place, so a cancelled point still has them."""
+    """One running point; samples are filled in place, so a cancelled point still has them.
+
+    ``shard=(k, n)``: this process sends only the units (requests, or sessions when ``turns > 1``) whose index
+    is ``k`` modulo ``n``, at its share of the concurrency, on the arrival times those units have in the whole
+    schedule; ``start_at`` (a ``perf_counter`` time) is when the measured phase starts (after the warmup), so
+    several processes start together. ``calibration`` skips the chat probes (the parent did them).
+    """
 
     def __init__(
         self,
@@ -77,6 +92,10 @@ class _Point:
         session: aiohttp.ClientSession | None,
         scrape_metrics: bool,
         lean: LeanStreamer | None = None,
+        *,
+        shard: tuple[int, int] = (0, 1),
+        calibration: ChatCalibration | None = None,
+        start_at: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.lean = lean
@@ -86,14 +105,20 @@ class _Point:
         self._session = session  # created on first use: the lean transport needs none (chat probes do)
         self.scrape_metrics = scrape_metrics
         self.native = workload.endpoint == "generate"
+        self.shard = shard
+        self.calibration = calibration
+        self.start_at = start_at
         self.warm: list[RequestSample] = []
         self.measured: list[RequestSample] = []
+        self.indices: list[int] = []  # index of each measured sample in the whole point (for merging)
         self.warnings: list[str] = []
         self.server_metrics: dict[str, float] = {}
         self.wall_started = time.time()
         self.last_end: float | None = None
         self.send_until = float("inf")
+        self.session_ended = 0  # measured turns not sent because an earlier turn of their session failed
         self._gauges: dict[str, list[float]] = {}
+        self._units: dict[bool, list[Callable[[], Awaitable[None]]]] = {}
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -106,21 +131,51 @@ class _Point:
         if self.lean is not None:
             await self.lean.close()
 
+    def _mine(self, n: int) -> list[int]:
+        k, procs = self.shard
+        return list(range(k, n, procs))
+
+    def _prepare(self, calibration: ChatCalibration | None) -> None:
+        """Build every unit (a request, or a session) of the warmup and the measured phase, as bytes."""
+        wl, model = self.workload, self.endpoint.model
+        for measured in (False, True):
+            samples: list[RequestSample] = []
+            units: list[Callable[[], Awaitable[None]]] = []
+            if wl.turns > 1:
+                plans = build_sessions(wl, calibration, warmup=not measured)
+                for u in self._mine(len(plans)):
+                    ss = session_samples(plans[u], warmup=not measured)
+                    if measured:
+                        self.indices.extend(range(u * wl.turns, u * wl.turns + len(ss)))
+                    samples.extend(ss)
+                    units.append(functools.partial(self._session_unit, plans[u], ss, measured))
+            else:
+                reqs = build_requests(wl, model, warmup=not measured, calibration=calibration)
+                for u in self._mine(len(reqs)):
+                    r = reqs[u]
+                    sample = RequestSample(r.input_tokens, r.output_tokens, warmup=not measured)
+                    wire = self.lean.request_bytes(r.path, r.body) if self.lean is not None else r.body
+                    if measured:
+                        self.indices.append(u)
+                    samples.append(sample)
+                    units.append(functools.partial(self._send, r.path, wire, sample, measured))
+            self._units[measured] = units
+            if measured:
+                self.measured = samples
+            else:
+                self.warm = samples
+
     async def run(self) -> PointResult:
-        calibration = await self._calibrate() if self.workload.endpoint == "chat" else None
-        model = self.endpoint.model
-        warm_reqs = build_requests(self.workload, model, warmup=True, calibration=calibration)
-        reqs = build_requests(self.workload, model, warmup=False, calibration=calibration)
-        self.warm = [RequestSample(r.input_tokens, r.output_tokens, warmup=True) for r in warm_reqs]
-        self.measured = [RequestSample(r.input_tokens, r.output_tokens) for r in reqs]
-        if self.lean is not None:  # whole requests as bytes, built before the clock starts
-            for r in warm_reqs + reqs:
-                self._wire[id(r)] = self.lean.request_bytes(r.path, r.body)
+        calibration = self.calibration
+        if calibration is None and self.workload.endpoint == "chat":
+            calibration = await self._calibrate()
+        self._prepare(calibration)
+        warm_units, units = self._units[False], self._units[True]
+        conc = self._concurrency()
         if self.lean is not None and (self.load.concurrency or self.load.request_rate is None):
-            await self.lean.preconnect(min(self.load.concurrency or len(reqs), len(reqs), PRECONNECT_MAX))
-        if warm_reqs:
-            conc = min(self.load.concurrency or len(warm_reqs), len(warm_reqs))
-            await self._closed(warm_reqs, self.warm, conc, measured=False)
+            await self.lean.preconnect(min(conc or len(units), len(units), PRECONNECT_MAX))
+        if warm_units:
+            await self._closed(warm_units, min(conc or len(warm_units), len(warm_units)), measured=False)
         async with contextlib.AsyncExitStack() as stack:
             before: dict[str, float] = {}
             scraper: aiohttp.ClientSession | None = None
@@ -132,29 +187,45 @@ class _Point:
                     stack.push_async_callback(_cancel, gauge_task)
                 else:  # no /metrics (server without --enable-metrics): do not keep asking
                     scraper = None
+            t0 = time.perf_counter()
+            if self.start_at is not None:
+                t0 = await self.start_at()
+                while (delay := t0 - time.perf_counter()) > 0:
+                    await asyncio.sleep(delay)
             self.wall_started = time.time()
             if self.workload.max_duration_s is not None:
-                self.send_until = time.perf_counter() + self.workload.max_duration_s
+                self.send_until = t0 + self.workload.max_duration_s
             if self.load.request_rate is not None:
-                await self._open(reqs, self.measured, self.load.request_rate, self.load.concurrency)
+                await self._open(units, self.load.request_rate, conc, t0)
             else:
-                await self._closed(reqs, self.measured, self.load.concurrency or len(reqs), measured=True)
+                await self._closed(units, conc or len(units), measured=True)
             if scraper is not None:
                 after = await self._scrape(scraper)
                 if after:
                     self.server_metrics = metrics_delta(before, after, self._gauges)
         return self.result()
 
+    def _concurrency(self) -> int | None:
+        """This shard's share of the concurrency (None: unbounded)."""
+        c = self.load.concurrency
+        if c is None:
+            return None
+        k, n = self.shard
+        return max(1, c // n + (1 if k < c % n else 0))
+
     def result(self, *, deadline: float | None = None) -> PointResult:
         sent = [s for s in self.measured if s.sent]
-        unsent = len(self.measured) - len(sent)
-        if unsent:
+        unsent = len(self.measured) - len(sent) - self.session_ended
+        if unsent > 0:
             why = (
                 f"the point deadline ({deadline:g} s)"
                 if deadline is not None
                 else f"max_duration_s={self.workload.max_duration_s}"
             )
             self.warnings.append(f"{unsent} of {len(self.measured)} requests were not sent: {why} was reached")
+        if self.session_ended:
+            self.warnings.append(f"{self.session_ended} later turns were not sent: an earlier turn of their "
+                                 "session failed")
         if deadline is not None:
             cut = sum(1 for s in sent if s.error == "timeout")
             self.warnings.append(f"point deadline ({deadline:g} s) reached; {cut} in-flight requests cancelled")
@@ -172,56 +243,80 @@ class _Point:
 
     # -- sending --------------------------------------------------------------------------------------------
 
-    async def _send(self, req: PreparedRequest, sample: RequestSample, measured: bool) -> None:
+    async def _send(self, path: str, wire: bytes, sample: RequestSample, measured: bool) -> None:
         if self.lean is not None:
-            await self.lean.stream(self._wire[id(req)], sample, native=self.native)
+            await self.lean.stream(wire, sample, native=self.native)
         else:
-            await stream_request(self.session(), self.endpoint.url(req.path), req.body, sample, native=self.native)
+            await stream_request(self.session(), self.endpoint.url(path), wire, sample, native=self.native)
         if measured:
             self.last_end = time.perf_counter()
+
+    async def _session_unit(self, plan: list[Turn], samples: list[RequestSample], measured: bool) -> None:
+        history: list[dict[str, str]] = []
+        path = PATHS["chat"]
+        for k, (turn, sample) in enumerate(zip(plan, samples, strict=True)):
+            if k:
+                if measured and not self._may_send():
+                    return
+                prev = samples[k - 1]
+                if not prev.ok:
+                    if measured:
+                        self.session_ended += len(samples) - k
+                    return
+                history += [{"role": "user", "content": plan[k - 1].content},
+                            {"role": "assistant", "content": "".join(prev.reply or ())}]
+                sample.requested_input_tokens = next_requested_input(prev, turn)
+                sample.intended_send = time.perf_counter()
+            body = turn_body(self.endpoint.model, history, turn)
+            wire = self.lean.request_bytes(path, body) if self.lean is not None else body
+            await self._send(path, wire, sample, measured)
 
     def _may_send(self) -> bool:
         return time.perf_counter() < self.send_until
 
-    async def _closed(
-        self, reqs: list[PreparedRequest], samples: list[RequestSample], concurrency: int, *, measured: bool
-    ) -> None:
-        order = iter(range(len(reqs)))
+    def _first(self, unit: int, measured: bool) -> RequestSample:
+        """The first sample of a unit (the one its send time belongs to): only the last session is short."""
+        return (self.measured if measured else self.warm)[unit * self.workload.turns]
+
+    async def _closed(self, units: list[Callable[[], Awaitable[None]]], concurrency: int, *,
+                      measured: bool) -> None:
+        order = iter(range(len(units)))
 
         async def worker() -> None:
             for i in order:
                 if measured and not self._may_send():
                     return
-                samples[i].intended_send = time.perf_counter()
-                await self._send(reqs[i], samples[i], measured)
+                self._first(i, measured).intended_send = time.perf_counter()
+                await units[i]()
 
-        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(reqs))))))
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(units))))))
 
-    async def _open(
-        self, reqs: list[PreparedRequest], samples: list[RequestSample], rate: float, cap: int | None
-    ) -> None:
-        offsets = arrival_offsets(
-            rate, len(reqs), random.Random(f"{self.workload.seed}:arrivals"), exact=True
-        )
+    async def _open(self, units: list[Callable[[], Awaitable[None]]], rate: float, cap: int | None,
+                    t0: float) -> None:
+        wl = self.workload
+        k, n = self.shard
+        total = wl.sessions if wl.turns > 1 else wl.num_requests
+        every = arrival_offsets(rate / wl.turns, total, random.Random(f"{wl.seed}:arrivals"),
+                                burstiness=wl.burstiness, exact=True)
+        offsets = every[k::n]
         slots = asyncio.Semaphore(cap) if cap else None
 
         async def capped(i: int) -> None:
             if slots is None:
-                await self._send(reqs[i], samples[i], True)
+                await units[i]()
                 return
             async with slots:
-                await self._send(reqs[i], samples[i], True)
+                await units[i]()
 
         tasks: list[asyncio.Task[None]] = []
-        t0 = time.perf_counter()
         try:
             for i, off in enumerate(offsets):
                 target = t0 + off
+                if target >= self.send_until:
+                    break
                 while (delay := target - time.perf_counter()) > 0:  # timers may fire up to ~1 ms early
                     await asyncio.sleep(delay)
-                if not self._may_send():
-                    break
-                samples[i].intended_send = target
+                self._first(i, True).intended_send = target
                 tasks.append(asyncio.create_task(capped(i)))
             await asyncio.gather(*tasks)
         except BaseException:
@@ -300,6 +395,73 @@ def _lean_for(endpoint: Endpoint, transport: str) -> LeanStreamer | None:
     return LeanStreamer(endpoint.base_url, endpoint.headers())
 
 
+async def measure_async(
+    endpoint: Endpoint,
+    workload: Workload,
+    load: Load,
+    *,
+    watchdog: Callable[[], None] | None = None,
+    scrape_metrics: bool = False,
+    timeout_s: float = 600.0,
+    transport: str = "auto",
+    shard: tuple[int, int] = (0, 1),
+    calibration: ChatCalibration | None = None,
+    start_at: Callable[[], Awaitable[float]] | None = None,
+) -> tuple[PointResult, list[int]]:
+    """One process's part of a point (all of it for ``shard=(0, 1)``), before the time windows are applied;
+    also returns each sent measured sample's index in the whole point."""
+    _check_load(load)
+    lean = _lean_for(endpoint, transport)
+    session = make_session(endpoint, load.concurrency) if lean is None else None
+    point = _Point(endpoint, workload, load, session, scrape_metrics, lean, shard=shard, calibration=calibration,
+                   start_at=start_at)
+    main: asyncio.Task[PointResult] = asyncio.create_task(point.run())
+    guard = asyncio.create_task(_watch(watchdog)) if watchdog is not None else None
+    try:
+        waiting: set[asyncio.Task[Any]] = {main} if guard is None else {main, guard}
+        done, _ = await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if main in done:
+            result = main.result()
+        elif guard is not None and guard in done:
+            exc = guard.exception()
+            await _cancel(main)
+            if exc is not None:
+                raise exc
+            raise RuntimeError("the watchdog loop ended without an error")  # pragma: no cover
+        else:
+            await _cancel(main)
+            result = point.result(deadline=timeout_s)
+        return result, [i for i, s in zip(point.indices, point.measured, strict=True) if s.sent]
+    finally:
+        await _cancel(guard)
+        await _cancel(main)
+        await point.close()
+
+
+def apply_windows(point: PointResult, warmup_s: float, cooldown_s: float) -> PointResult:
+    """Leave out (mark ``warmup``) measured requests sent in the first ``warmup_s`` seconds of the point or
+    ending in its last ``cooldown_s``; the point's duration becomes the window between. A window that would
+    be empty is not applied (with a warning)."""
+    if not (warmup_s or cooldown_s):
+        return point
+    measured = [s for s in point.samples if not s.warmup]
+    lo, hi = point.started + warmup_s, point.finished - cooldown_s
+    if not measured or hi <= lo:
+        point.warnings.append(f"warmup_s={warmup_s:g}/cooldown_s={cooldown_s:g} leave no measurement window "
+                              f"in a {point.duration_s:.3g} s point; all its requests are kept")
+        return point
+    out = 0
+    for s in measured:
+        end = s.done if s.done is not None else s.sent
+        if s.sent < lo or end > hi:
+            s.warmup = True
+            out += 1
+    point.started, point.finished = lo, hi
+    point.warnings.append(f"{out} of {len(measured)} requests fell outside the measurement window "
+                          f"(warmup_s={warmup_s:g}, cooldown_s={cooldown_s:g}) and were left out")
+    return point
+
+
 async def run_point_async(
     endpoint: Endpoint,
     workload: Workload,
@@ -315,29 +477,21 @@ async def run_point_async(
     ``transport``: ``auto`` streams over the lean HTTP/1.1 transport (``fastclient``) for ``http://`` URLs and
     over aiohttp otherwise; ``lean`` and ``aiohttp`` force one (the benchmark compares them).
     """
-    _check_load(load)
-    lean = _lean_for(endpoint, transport)
-    session = make_session(endpoint, load.concurrency) if lean is None else None
-    point = _Point(endpoint, workload, load, session, scrape_metrics, lean)
-    main: asyncio.Task[PointResult] = asyncio.create_task(point.run())
-    guard = asyncio.create_task(_watch(watchdog)) if watchdog is not None else None
+    point, _ = await measure_async(endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics,
+                                   timeout_s=timeout_s, transport=transport)
+    return apply_windows(point, workload.warmup_s, workload.cooldown_s)
+
+
+def new_loop_runner() -> asyncio.Runner:
+    """An ``asyncio.Runner`` on uvloop when installed."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None
     try:
-        waiting: set[asyncio.Task[Any]] = {main} if guard is None else {main, guard}
-        done, _ = await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        if main in done:
-            return main.result()
-        if guard is not None and guard in done:
-            exc = guard.exception()
-            await _cancel(main)
-            if exc is not None:
-                raise exc
-            raise RuntimeError("the watchdog loop ended without an error")  # pragma: no cover
-        await _cancel(main)
-        return point.result(deadline=timeout_s)
-    finally:
-        await _cancel(guard)
-        await _cancel(main)
-        await point.close()
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - depends on the environment
+        factory = None
+    return asyncio.Runner(loop_factory=factory)
 
 
 def run_point(
@@ -349,18 +503,20 @@ def run_point(
     scrape_metrics: bool = False,
     timeout_s: float = 600.0,
     transport: str = "auto",
+    procs: int = 1,
 ) -> PointResult:
-    """Synchronous ``run_point_async`` on a fresh event loop (uvloop when installed); not inside a loop."""
+    """Synchronous ``run_point_async`` on a fresh event loop (uvloop when installed); not inside a loop.
+
+    ``procs > 1`` spreads the point over that many processes (``loadgen.multiproc``), merged exactly.
+    """
+    if procs > 1:
+        from pytest_sglang_tune.loadgen.multiproc import run_point_procs
+
+        return run_point_procs(endpoint, workload, load, procs=procs, watchdog=watchdog,
+                               scrape_metrics=scrape_metrics, timeout_s=timeout_s, transport=transport)
     coro = run_point_async(
         endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics, timeout_s=timeout_s,
         transport=transport,
     )
-    factory: Callable[[], asyncio.AbstractEventLoop] | None
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - depends on the environment
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with new_loop_runner() as runner:
         return runner.run(coro)

@@ -27,6 +27,7 @@ class RequestSample:
     error: str | None = None            # error class: "http_503", "timeout", "connection_reset", "truncated", ...
     error_detail: str = ""
     warmup: bool = False
+    reply: list[str] | None = None      # when a list, the streamed content is collected (multi-turn history)
 
     @property
     def ok(self) -> bool:

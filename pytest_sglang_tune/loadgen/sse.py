@@ -169,8 +169,11 @@ class StreamHandler:
         for choice in obj.get("choices") or ():
             delta = choice.get("delta")
             if delta is not None:
-                if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+                text = delta.get("content")
+                if text or delta.get("reasoning_content") or delta.get("tool_calls"):
                     content = True
+                    if text and self.sample.reply is not None:
+                        self.sample.reply.append(text)
             elif choice.get("text"):
                 content = True
             reason = choice.get("finish_reason")

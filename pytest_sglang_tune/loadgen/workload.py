@@ -11,11 +11,13 @@ Scenario strings (genai-bench's grammar):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
 import re
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from pytest_sglang_tune.errors import SuiteError
@@ -118,6 +120,27 @@ class Load:
         return {"concurrency": self.concurrency, "request_rate": self.request_rate}
 
 
+_NEW_FIELD_DEFAULTS: dict[str, Any] = {
+    "dataset": None, "turns": 1, "burstiness": 1.0, "warmup_s": 0.0, "cooldown_s": 0.0,
+}
+FROM_DATASET = LengthDist("D", 0.0)  # a length taken from the dataset's records
+
+
+def dataset_digest(path: str) -> str:
+    """``<file name>@<sha256 prefix of its bytes>``; the name alone when the file cannot be read."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        return _digest(str(p.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return p.name
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    return f"{Path(path).name}@{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
+
+
 @dataclass(frozen=True)
 class Workload:
     """What the requests of one workload look like, and at which load levels it is run."""
@@ -133,6 +156,31 @@ class Workload:
     seed: int = 0
     max_duration_s: float | None = None
     num_requests_per_load: tuple[int, ...] = ()
+    dataset: str | None = None       # ShareGPT-format JSON (path): prompts and reference output lengths
+    turns: int = 1                   # >1: chat sessions of this many requests, each carrying the history
+    burstiness: float = 1.0          # open-loop arrivals: gamma shape (1 = Poisson, <1 burstier)
+    warmup_s: float = 0.0            # leave out requests sent in the point's first seconds
+    cooldown_s: float = 0.0          # leave out requests that end in the point's last seconds
+
+    def __post_init__(self) -> None:
+        if self.turns < 1:
+            raise SuiteError(f"turns {self.turns!r} must be at least 1", field="turns")
+        if self.turns > 1 and self.endpoint != "chat":
+            raise SuiteError(f"turns {self.turns} needs endpoint 'chat' (sessions carry the chat history), "
+                             f"not {self.endpoint!r}", field="turns")
+        if not self.burstiness > 0:
+            raise SuiteError(f"burstiness {self.burstiness!r} must be positive (1 is Poisson)", field="burstiness")
+        for name in ("warmup_s", "cooldown_s"):
+            v = getattr(self, name)
+            if not v >= 0:
+                raise SuiteError(f"{name} {v!r} must be a number of seconds >= 0", field=name)
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise SuiteError(f"max_duration_s {self.max_duration_s!r} must be positive", field="max_duration_s")
+
+    @property
+    def sessions(self) -> int:
+        """Chat sessions of ``turns`` requests making up ``num_requests`` (the last one may be shorter)."""
+        return -(-self.num_requests // self.turns)
 
     def at_load(self, index: int) -> Workload:
         """This workload narrowed to its ``index``-th load level (with that level's request count)."""
@@ -144,6 +192,11 @@ class Workload:
         d = asdict(self)
         for k in ("name", "loads", "num_requests_per_load"):
             d.pop(k)
+        for k, default in _NEW_FIELD_DEFAULTS.items():  # absent when unused: older hashes stay valid
+            if d[k] == default:
+                d.pop(k)
+        if self.dataset is not None:  # the file's content, not where it lies on this machine
+            d["dataset"] = dataset_digest(self.dataset)
         d["input_len"] = str(self.input_len)
         d["output_len"] = str(self.output_len)
         return d

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def to_pytest_benchmark(report: Mapping[str, Any]) -> dict[str, Any]:
         "machine_info": pytest_benchmark_generate_machine_info(),
         "commit_info": get_commit_info(),
         "benchmarks": benchmarks,
-        "datetime": datetime.now(timezone.utc).isoformat(),
+        "datetime": datetime.now(UTC).isoformat(),
         "version": pb_version,
     }
 
