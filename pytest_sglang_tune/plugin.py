@@ -212,6 +212,7 @@ class State:
     log: Any = None
     report_paths: dict[str, Path] = field(default_factory=dict)
     baseline: dict[Any, dict[str, Any]] | None = None
+    introspected: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -311,7 +312,7 @@ class SuiteFile(pytest.File):
         from pytest_sglang_tune.suite import load_suite
 
         suite = get_state(self.config).options.apply(load_suite(self.path))
-        exp = expand(suite)
+        exp = expand(suite, flag_table_for(self.config, suite))
         configs = list(exp.configs)
         self.config.hook.pytest_sglang_tune_modify_space(config=self.config, suite=suite, configs=configs)
         for cfg in configs:
@@ -325,6 +326,23 @@ class SuiteFile(pytest.File):
         if isinstance(excinfo.value, TuneError):
             return f"{type(excinfo.value).__name__}: {excinfo.value}"
         return super().repr_failure(excinfo)
+
+
+def flag_table_for(config: pytest.Config, suite: Any) -> Any:
+    """The flags of the SGLang that will run: introspected from the local launcher's Python when it can import
+    SGLang (cached per interpreter), else None (``expand`` then uses the shipped table of the suite's version)."""
+    st = get_state(config)
+    if st.options.backend != "local":
+        return None
+    from pytest_sglang_tune.backends.local import DEFAULT_LAUNCHER, parse_launcher
+    from pytest_sglang_tune.flags import introspect_flag_table
+
+    argv = parse_launcher(suite.backend_settings("local").get("launcher") or st.options.launcher or DEFAULT_LAUNCHER)
+    if argv[1:3] != ["-m", "sglang.launch_server"]:
+        return None  # a wrapper script: we cannot know which SGLang it runs
+    if argv[0] not in st.introspected:
+        st.introspected[argv[0]] = introspect_flag_table(argv[0])
+    return st.introspected[argv[0]]
 
 
 class SuiteItem(pytest.Item):

@@ -10,7 +10,8 @@ import pytest
 from pytest_sglang_tune.results import now_iso
 
 
-def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], options: Any = None) -> dict[str, Any]:
+def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], options: Any = None,
+                table_for: Any = None) -> dict[str, Any]:
     """Objective, SLOs, SGLang version and excluded configs of every suite the run touched.
 
     Under xdist only workers collect, so the controller re-reads the suite files named by the records (cheap).
@@ -30,7 +31,7 @@ def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], opti
             suite = load_suite(Path(path))
             if options is not None:
                 suite = options.apply(suite)
-            exp = expand(suite)
+            exp = expand(suite, table_for(suite) if table_for is not None else None)
         except (TuneError, OSError) as exc:
             info["error"] = str(exc)
             out[name] = info
@@ -54,7 +55,9 @@ def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], opti
 def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[str, Path]:
     from pytest_sglang_tune.results import build_report, machine_info, suite_objectives, write_report
 
-    suites = suites_info(st.suite_files, st.records, st.options)
+    from pytest_sglang_tune.plugin import flag_table_for
+
+    suites = suites_info(st.suite_files, st.records, st.options, lambda s: flag_table_for(config, s))
     try:  # under xdist the controller never deployed: ask the backend (cheap, touches no server)
         from pytest_sglang_tune.plugin import get_engine
 

@@ -205,3 +205,38 @@ def test_command_line_slos_and_objective_override_the_suite(pytester: pytest.Pyt
     s = opts.apply(load_suite(path))
     assert [str(x) for x in s.slos] == ["e2e_ms.p50 < 10"]
     assert str(s.objective) == "minimize: cost_per_mtok" and s.gpu_hour_price == 2.0
+
+
+def test_local_backend_validates_against_the_launchers_real_sglang(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """Where the launcher's Python can import SGLang, its real argument parser decides (not the shipped tables)."""
+    fake = tmp_path / "fake-sglang"
+    (fake / "sglang" / "srt").mkdir(parents=True)
+    (fake / "sglang" / "__init__.py").write_text("__version__ = '9.9.9'\n")
+    (fake / "sglang" / "srt" / "__init__.py").write_text("")
+    (fake / "sglang" / "srt" / "server_args.py").write_text(textwrap.dedent("""
+        import dataclasses
+        @dataclasses.dataclass
+        class ServerArgs:
+            model_path: str = ""
+            only_in_nine: int = 1
+            @staticmethod
+            def add_cli_args(parser):
+                parser.add_argument("--model-path", type=str)
+                parser.add_argument("--only-in-nine", type=int, default=1)
+    """))
+    wrapper = tmp_path / "python-with-sglang"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={fake} exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    text = textwrap.dedent(f"""\
+        model: Qwen/Qwen3-8B
+        backends:
+          local: {{launcher: "{wrapper} -m sglang.launch_server"}}
+        server:
+          grid: {{only-in-nine: [2, 3]}}
+        workloads: [{{name: chat, scenario: "D(16,4)", concurrency: [1, 4]}}]
+    """)
+    pytester.makefile(".yaml", tune_demo=text)
+    result = pytester.runpytest("--backend=local", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*chat?oin2-c1?*", "*4 tests collected*"])  # a flag only that SGLang knows
+    result = pytester.runpytest("--backend=sim", "--collect-only", "-q")  # the sim: the shipped 0.5.23 table
+    result.stdout.fnmatch_lines(["*unknown SGLang flag '--only-in-nine' for SGLang 0.5.23*"])
