@@ -15,6 +15,11 @@ TTFT and ITL is compared with its own truth: error = reported − true, per requ
 
     python benchmarks/loadgen_accuracy.py                 # all scenarios (~2-3 min)
     python benchmarks/loadgen_accuracy.py --scenario c256 --clients ours,floor --scale 0.5
+    python benchmarks/loadgen_accuracy.py --rivals         # also genai-bench and guidellm (loadgen_rivals.py)
+
+Every client is also scored by distributions (``dist_*``: reported p50/p99 of TTFT and of the per-request
+mean ITL minus the truth's p50/p99 over the same run), the only way to score the rivals, whose reports name
+no request we could match to the server's log.
 """
 
 from __future__ import annotations
@@ -88,14 +93,14 @@ def run_ours(url: str, sc: Scenario, transport: str) -> dict[str, Any]:
 
     wl, load = _workload(sc)
     keys = [zlib.crc32(r.body) for r in build_requests(wl, "gt")]
-    c0 = _cpu()
+    c0, s0 = _cpu(), _sys()
     point = run_point(Endpoint(url, "gt"), wl, load, transport=transport, timeout_s=300)
-    cpu = _cpu() - c0
+    cpu, sys_s = _cpu() - c0, _sys() - s0
     recs = []
     for key, s in zip(keys, point.samples, strict=True):
         recs.append({"key": key, "intended": s.intended_send, "sent": s.sent, "ok": s.ok,
                      "ttft": s.ttft_s, "itl": s.itl_s(), "tokens": s.output_tokens or 0})
-    return {"cpu_s": cpu, "records": recs}
+    return {"cpu_s": cpu, "sys_s": sys_s, "records": recs}
 
 
 def run_floor(url: str, sc: Scenario) -> dict[str, Any]:
@@ -151,14 +156,18 @@ def run_floor(url: str, sc: Scenario) -> dict[str, Any]:
                     tasks.append(asyncio.create_task(one(session, i, t0 + off)))
                 await asyncio.gather(*tasks)
 
-    c0 = _cpu()
+    c0, s0 = _cpu(), _sys()
     asyncio.run(main())
-    return {"cpu_s": _cpu() - c0, "records": recs}
+    return {"cpu_s": _cpu() - c0, "sys_s": _sys() - s0, "records": recs}
 
 
 def _cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def _sys() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 # -- orchestration ---------------------------------------------------------------------------------------------
@@ -226,6 +235,26 @@ def pct(xs: list[float], q: float) -> float:
     return ys[lo] + (ys[hi] - ys[lo]) * (pos - lo)
 
 
+def truth_dist(truth: list[dict[str, Any]]) -> dict[str, float]:
+    """p50/p99 of the true TTFT and per-request mean ITL over every request the server served."""
+    ttft = [t["chunks"][0] - t["recv"] for t in truth if t["chunks"]]
+    itl = [(t["chunks"][-1] - t["chunks"][0]) / (len(t["chunks"]) - 1) for t in truth if len(t["chunks"]) > 1]
+    return {"ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99)}
+
+
+def dist_score(rep: dict[str, float], truth: list[dict[str, Any]]) -> dict[str, float]:
+    """Reported minus true percentiles (ms) of TTFT and per-request mean ITL."""
+    tr = truth_dist(truth)
+    return {f"dist_{k}_ms": (rep[k] - tr[k]) * 1e3 for k in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")}
+
+
+def records_dist(records: list[dict[str, Any]]) -> dict[str, float]:
+    ok = [r for r in records if r["ok"] and r["ttft"] is not None]
+    ttft = [r["ttft"] for r in ok]
+    itl = [sum(r["itl"]) / len(r["itl"]) for r in ok if r["itl"]]
+    return {"ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99)}
+
+
 def score(res: dict[str, Any], truth: list[dict[str, Any]], sc: Scenario) -> dict[str, Any]:
     by_key = {t["key"]: t for t in truth}
     ttft_err: list[float] = []
@@ -255,6 +284,7 @@ def score(res: dict[str, Any], truth: list[dict[str, Any]], sc: Scenario) -> dic
     out: dict[str, Any] = {
         "failed": failed, "tokens": tokens, "cpu_s": res["cpu_s"],
         "cpu_us_per_token": res["cpu_s"] / tokens * 1e6 if tokens else math.nan,
+        "sys_us_per_token": res.get("sys_s", math.nan) / tokens * 1e6 if tokens else math.nan,
         "ttft_err_p50_ms": pct(ttft_err, 50) * 1e3, "ttft_err_p99_ms": pct(ttft_err, 99) * 1e3,
         "itl_err_p50_ms": pct(itl_err, 50) * 1e3, "itl_err_p99_ms": pct(itl_err, 99) * 1e3,
         "ttft_p50_diff_ms": (pct(rep_ttft, 50) - pct(true_ttft, 50)) * 1e3,
@@ -269,6 +299,23 @@ def score(res: dict[str, Any], truth: list[dict[str, Any]], sc: Scenario) -> dic
         out["send_lag_p99_ms"] = pct(lag, 99) * 1e3
         out["achieved_rate"] = (len(recs) - 1) / span if span > 0 else math.nan
         out["rate_error_pct"] = (out["achieved_rate"] / sc.rate - 1) * 100
+    out.update(dist_score(records_dist(res["records"]), truth))
+    return out
+
+
+def run_rival(tool: str, url: str, sc: Scenario, tmp: Path) -> dict[str, Any]:
+    import loadgen_rivals as rv
+
+    rep = rv.run(tool, url, sc, tmp / f"{tool}-{sc.name}", tmp / "tokenizer", _pin(CLIENT_CPU))
+    truth = _get(url + "/gt/log")["requests"]
+    tokens = rep["server_tokens"]
+    out: dict[str, Any] = {"failed": rep["errors"], "completed": rep["completed"], "tokens": rep["tokens"],
+                           "cpu_s": rep["cpu_s"],
+                           "cpu_us_per_token": rep["cpu_s"] / tokens * 1e6 if tokens else math.nan,
+                           "itl_kind": rep["itl_kind"]}
+    if "concurrency_p50" in rep:
+        out["concurrency_p50"] = rep["concurrency_p50"]
+    out.update(dist_score(rep, truth))
     return out
 
 
@@ -282,6 +329,7 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply request counts (e.g. 0.25 for a quick run)")
     ap.add_argument("--out", type=Path, help="write all figures as JSON")
     ap.add_argument("--no-rt", action="store_true", help="do not use real-time priority (chrt -f 10)")
+    ap.add_argument("--rivals", action="store_true", help="also run genai-bench and guidellm where installed")
     args = ap.parse_args()
     global RT
     RT = not args.no_rt
@@ -299,6 +347,20 @@ def main() -> int:
     names = args.scenario or list(SCENARIOS)
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     results: dict[str, Any] = {}
+    rivals: list[str] = []
+    tmpdir = tempfile.TemporaryDirectory(prefix="loadgen-rivals-")
+    if args.rivals:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import loadgen_rivals as rv
+
+        for tool in rv.RIVALS:
+            why = rv.unavailable(tool)
+            if why:
+                print(f"skipping {tool}: {why}", flush=True)
+            else:
+                rivals.append(tool)
+        if rivals:
+            rv.build_tokenizer(Path(tmpdir.name) / "tokenizer")
     for name in names:
         sc = SCENARIOS[name]
         sc = Scenario(**{**sc.__dict__, "n": max(50, int(sc.n * args.scale))})
@@ -314,15 +376,49 @@ def main() -> int:
                 s["server_cpu_us_per_token"] = (after["cpu_s"] - before["cpu_s"]) / max(
                     1, after["tokens"] - before["tokens"]) * 1e6
                 results.setdefault(name, {})[client] = s
-                print(f"{name:6} {client:13} " + "  ".join(
-                    f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()), flush=True)
+                _show(name, client, s)
+            for tool in rivals:
+                why = rv.cannot_run(tool, sc.rate)
+                if why:
+                    print(f"{name:6} {tool:13} skipped: {why}", flush=True)
+                    continue
+                _get(url + "/gt/log")
+                try:
+                    s = run_rival(tool, url, sc, Path(tmpdir.name))
+                except RuntimeError as exc:
+                    print(f"{name:6} {tool:13} failed: {exc}", flush=True)
+                    continue
+                results.setdefault(name, {})[tool] = s
+                _show(name, tool, s)
         finally:
             server.terminate()
             server.wait(timeout=10)
+    tmpdir.cleanup()
     print_table(results, clients)
+    print_dist_table(results, [*clients, *rivals])
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _show(name: str, client: str, s: dict[str, Any]) -> None:
+    print(f"{name:6} {client:13} " + "  ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()), flush=True)
+
+
+def print_dist_table(results: dict[str, Any], clients: list[str]) -> None:
+    cols = ("dist_ttft_p50_ms", "dist_ttft_p99_ms", "dist_itl_p50_ms", "dist_itl_p99_ms", "cpu_us_per_token")
+    print("\nBy distribution (reported minus true percentile, ms; ITL = per-request mean gap, genai-bench's TPOT):")
+    print("| scenario | client | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | client CPU µs/token | CPU / floor |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, per in results.items():
+        floor = per.get("floor", {}).get("cpu_us_per_token")
+        for c in clients:
+            s = per.get(c)
+            if s is None:
+                continue
+            ratio = f"{s['cpu_us_per_token'] / floor:.2f}" if floor else ""
+            print(f"| {name} | {c} | " + " | ".join(f"{s[k]:.2f}" for k in cols) + f" | {ratio} |")
 
 
 def print_table(results: dict[str, Any], clients: list[str]) -> None:

@@ -340,6 +340,10 @@ def flag_table_for(config: pytest.Config, suite: Any) -> Any:
     argv = parse_launcher(suite.backend_settings("local").get("launcher") or st.options.launcher or DEFAULT_LAUNCHER)
     if argv[1:3] != ["-m", "sglang.launch_server"]:
         return None  # a wrapper script: we cannot know which SGLang it runs
+    import shutil
+
+    if shutil.which(argv[0]) is None:
+        return None  # deploying reports "launcher not found" for this config, with the command
     if argv[0] not in st.introspected:
         st.introspected[argv[0]] = introspect_flag_table(argv[0])
     return st.introspected[argv[0]]

@@ -133,3 +133,75 @@ def test_responses_are_classified(payload: bytes, error: str | None, detail: str
 def test_only_plain_http() -> None:
     with pytest.raises(ValueError, match="plain http"):
         LeanStreamer("https://example.invalid", {})
+
+
+# -- the one-pass fast path of the common read gives what the general de-chunker and SSE decoder give ---------
+
+CHAT = (b'data: {"choices":[{"index":0,"delta":{%s},"finish_reason":%s}],'
+        b'"usage":{"prompt_tokens":9,"completion_tokens":%d}}\n\n')
+STREAMS = {
+    "completions": EVENTS,
+    "chat, role chunk and usage chunk": [
+        CHAT % (b'"role":"assistant","content":""', b"null", 0), CHAT % (b'"content":"a"', b"null", 1),
+        CHAT % (b'"content":"b c"', b'"length"', 3),
+        b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,'
+        b'"prompt_tokens_details":{"cached_tokens":5}}}\n\n', b"data: [DONE]\n\n"],
+    "two events in one chunk, a keep-alive": [EVENTS[0] + EVENTS[1], b": ping\n\n", EVENTS[2], EVENTS[3]],
+    "error mid-stream": [EVENTS[0], b'data: {"error":{"message":"boom"}}\n\n', EVENTS[2]],
+    "abort": [EVENTS[0], CHUNK % (b"", b'"abort"', 1), EVENTS[3]],
+    "no usage": [b'data: {"choices":[{"index":0,"text":"a","finish_reason":null}]}\n\n',
+                 b'data: {"choices":[{"index":0,"text":"b","finish_reason":"stop"}]}\n\n', b"data: [DONE]\n\n"],
+    "crlf events": [e.replace(b"\n", b"\r\n") for e in EVENTS],
+}
+
+
+def _reads(events: list[bytes], split: str) -> list[bytes]:
+    body = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+    body[-1] += b"0\r\n\r\n"
+    if split == "one chunk per read":
+        return [HEAD, *body]
+    if split == "all in one read":
+        return [HEAD + b"".join(body)]
+    if split == "pairs of chunks":
+        return [HEAD] + [b"".join(body[i : i + 2]) for i in range(0, len(body), 2)]
+    whole = HEAD + b"".join(body)
+    return [whole[i : i + 1] for i in range(len(whole))]
+
+
+def _feed(reads: list[bytes]) -> tuple[object, ...]:
+    from pytest_sglang_tune.loadgen.fastclient import _Conn
+
+    class Transport:
+        def get_extra_info(self, name: str) -> None:
+            return None
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def write(self, data: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    async def go() -> tuple[object, ...]:
+        conn = _Conn()
+        conn.connection_made(Transport())  # type: ignore[arg-type]
+        s = RequestSample(4, 4)
+        waiter = conn.start(b"", s, False)
+        for r in reads:
+            conn.data_received(r)
+        assert waiter.done()
+        return (s.error, s.error_detail, s.input_tokens, s.output_tokens, s.cached_tokens, s.chunk_tokens,
+                s.first_token is not None, s.done is not None, conn.reusable)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("name", list(STREAMS))
+@pytest.mark.parametrize("split", ["one chunk per read", "all in one read", "pairs of chunks"])
+def test_fast_path_reads_like_the_byte_by_byte_decoder(name: str, split: str) -> None:
+    fast, slow = _feed(_reads(STREAMS[name], split)), _feed(_reads(STREAMS[name], "byte by byte"))
+    assert fast == slow
+    if name == "chat, role chunk and usage chunk":
+        assert fast[2:6] == (9, 3, 5, [2])  # the role chunk carried no token; the last chunk two

@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 

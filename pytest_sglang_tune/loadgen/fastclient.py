@@ -148,6 +148,9 @@ class _Conn(asyncio.Protocol):
                 self._end_body(t)
                 return
         if self._state == _BODY and data:
+            if (self._mode == _CHUNKED and not self._buf and not self._chunk_state and self._err_body is None
+                    and self._fast(data, t)):
+                return
             self._body(data, t)
 
     # -- parsing --------------------------------------------------------------------------------------------
@@ -198,6 +201,67 @@ class _Conn(asyncio.Protocol):
             self._payload(data, t)
         else:
             self._dechunk(data, t)
+
+    def _fast(self, data: bytes, t: float) -> bool:
+        """The common read, taken in one pass: whole chunks (possibly the last, without trailers) whose data
+        are whole single-line ``data: `` events. False (nothing consumed, no state changed) for anything
+        else, which then takes the general de-chunker and SSE decoder. The cheapest case, one chunk holding
+        one event (a server streaming token by token to a client that keeps up), is checked first."""
+        parser = self.parser
+        assert parser is not None
+        dec = parser.decoder
+        if dec._buf or dec._data or dec._skip_lf:
+            return False
+        h = parser.handler
+        j = data.find(b"\r\n")
+        if j > 0 and data[j + 2 : j + 8] == b"data: " and data[-4:] == b"\n\n\r\n":
+            try:
+                size = int(data[:j], 16)
+            except ValueError:
+                return False
+            if j + size + 4 == len(data):
+                ev = data[j + 8 : -4]
+                if b"\n" not in ev and b"\r" not in ev:
+                    if not h.done and h.sample.error is None:
+                        h.on_event(ev, t)
+                    return True
+        parts: list[bytes] = []
+        i, n = 0, len(data)
+        end = False
+        while i < n:
+            j = data.find(b"\r\n", i)
+            if j < 0:
+                return False
+            try:
+                size = int(data[i:j], 16)
+            except ValueError:
+                return False
+            if size == 0:
+                if data[j + 2 :] != b"\r\n":
+                    return False
+                end = True
+                break
+            k = j + 2 + size
+            if data[k : k + 2] != b"\r\n":
+                return False
+            parts.append(data[j + 2 : k])
+            i = k + 2
+        if parts:
+            payload = parts[0] if len(parts) == 1 else b"".join(parts)
+            if payload[-2:] != b"\n\n" or b"\r" in payload:
+                return False
+            events = payload.split(b"\n\n")
+            events.pop()
+            for ev in events:
+                if ev[:6] != b"data: " or b"\n" in ev:
+                    return False
+            s = h.sample
+            for ev in events:
+                if h.done or s.error is not None or h.on_event(ev[6:], t):
+                    break
+        if end:
+            self._end_body(t)
+        return True
 
     def _dechunk(self, data: bytes, t: float) -> None:
         if self._buf:

@@ -163,8 +163,15 @@ class StreamHandler:
     def _openai(self, obj: dict[str, Any], t: float) -> None:
         usage = obj.get("usage")
         chunk_usage: int | None = None
-        if usage:
-            chunk_usage = self._read_usage(usage)
+        if usage:  # _read_usage inlined for the common case (no details): this runs once per streamed chunk
+            if "prompt_tokens_details" in usage:
+                chunk_usage = self._read_usage(usage)
+            else:
+                pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                if type(pt) is int:
+                    self.sample.input_tokens = pt
+                if type(ct) is int:
+                    self._usage_out = chunk_usage = ct
         content = False
         for choice in obj.get("choices") or ():
             delta = choice.get("delta")
