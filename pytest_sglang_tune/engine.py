@@ -219,7 +219,8 @@ class Engine:
             if isinstance(lag, dict):
                 sim_lag = lag
                 if lag.get("warning"):
-                    warnings.append(f"the simulated server fell behind real time: {lag['warning']}")
+                    text = str(lag["warning"])
+                    warnings.append(text if "behind" in text else f"the simulated server fell behind: {text}")
             if sim.get("not_modelled"):
                 warnings.append("flags not modelled by the sim (accepted, no effect): " +
                                 ", ".join(map(str, sim["not_modelled"])))
