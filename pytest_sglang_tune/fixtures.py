@@ -50,7 +50,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     data = dict(marker.kwargs)
     data.setdefault("name", metafunc.definition.originalname)
-    from pytest_sglang_tune.plugin import get_state
+    from pytest_sglang_tune.state import get_state
 
     suite = get_state(metafunc.config).options.apply(
         suite_from_data(data, Path(str(metafunc.definition.path)), require_workloads=False))
@@ -70,7 +70,7 @@ def sglang_config(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def sglang_server(request: pytest.FixtureRequest, sglang_config: Any) -> Server:
     """A ready SGLang server for the test's configuration, shared by the consecutive tests of that config."""
-    from pytest_sglang_tune.plugin import get_engine, get_state
+    from pytest_sglang_tune.state import get_engine, get_state
 
     suite, cfg, table = sglang_config
     engine = get_engine(request.config)
@@ -90,7 +90,7 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
     Runs one point against ``sglang_server`` and records it like a YAML suite's point (report, ranking).
     """
     from pytest_sglang_tune.loadgen.workload import Load, Workload, parse_scenario
-    from pytest_sglang_tune.plugin import get_engine, get_state
+    from pytest_sglang_tune.state import get_engine, get_state
 
     suite, cfg, _table = sglang_config
     engine = get_engine(request.config)
@@ -116,9 +116,9 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
                           sglang_version=live.sglang_version or "")
         rec.update(redact(deployment_fields(live)))
         measured = engine.measure(live, wl, load, suite.slos, cfg.gpus)
-        from pytest_sglang_tune.plugin import _fill_metrics
+        from pytest_sglang_tune.items import fill_metrics
 
-        _fill_metrics(rec, measured, suite, cfg.gpus)
+        fill_metrics(rec, measured, suite, cfg.gpus)
         request.node.user_properties.append((RESULT_KEY, rec))
         return dict(measured["metrics"])
 

@@ -53,12 +53,12 @@ def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], opti
 
 
 def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[str, Path]:
-    from pytest_sglang_tune.plugin import flag_table_for
+    from pytest_sglang_tune.items import flag_table_for
     from pytest_sglang_tune.results import build_report, machine_info, suite_objectives, write_report
 
     suites = suites_info(st.suite_files, st.records, st.options, lambda s: flag_table_for(config, s))
     try:  # under xdist the controller never deployed: ask the backend (cheap, touches no server)
-        from pytest_sglang_tune.plugin import get_engine
+        from pytest_sglang_tune.state import get_engine
 
         cap = get_engine(config).capacity()
     except Exception:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -128,7 +128,7 @@ def _finish(h: Handle) -> tuple[str, Any]:
     return "length", None
 
 
-def _usage_options(srv: Any, body: Mapping[str, Any]) -> tuple[bool, bool]:
+def _usage_options(srv: Any, body: dict[str, Any]) -> tuple[bool, bool]:
     """(send a usage chunk at the end, attach running usage to every chunk) for a streaming request."""
     opts = _stream_options(body)
     include = bool(opts.get("include_usage")) or bool(srv.cfg.args.get("stream_response_default_include_usage"))
