@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+from servers import serving
 
 from pytest_sglang_tune.backends.base import Endpoint
-from pytest_sglang_tune.backends.local import free_port
 from pytest_sglang_tune.loadgen.runner import run_point
 from pytest_sglang_tune.loadgen.workload import Load, SharedPrefix, Workload, parse_scenario
 from pytest_sglang_tune.metrics import summarize
@@ -24,23 +22,8 @@ GROUNDTRUTH = REPO / "benchmarks" / "groundtruth_server.py"
 
 
 def _serve(cmd: list[str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"{cmd} exited with {proc.returncode}"
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, f"{cmd} not ready within 60 s"
-                time.sleep(0.1)
+    with serving(cmd) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,14 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+from servers import SIM, serving
 
 from pytest_sglang_tune.backends.base import Endpoint
-from pytest_sglang_tune.backends.local import free_port
 from pytest_sglang_tune.errors import SuiteError
 from pytest_sglang_tune.loadgen.arrivals import arrival_offsets
 from pytest_sglang_tune.loadgen.dataset import Exchange, estimate_tokens, exchanges, sample_conversations
@@ -33,24 +30,8 @@ MODEL = "Qwen/Qwen3-8B"
 
 @pytest.fixture(scope="module")
 def sim_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pytest_sglang_tune.sim", "--model-path", MODEL,
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"the sim exited with {proc.returncode}"
-            try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, "the sim was not ready within 60 s"
-                time.sleep(0.1)
+    with serving(SIM) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def wl(scenario: str = "D(32,4)", **kw: object) -> Workload:

@@ -224,30 +224,13 @@ def test_xdist_keeps_configs_on_one_worker_and_reports_once(pytester: pytest.Pyt
 
 
 def test_bench_command_against_the_sim(tmp_path: Path) -> None:
-    from pytest_sglang_tune.backends.local import free_port
+    from servers import SIM, serving
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pytest_sglang_tune.sim", "--model-path", "Qwen/Qwen3-8B",
-                               "--port", str(port), "--served-model-name", "q"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import requests
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        out = tmp_path / "bench.json"
-        proc = subprocess.run([sys.executable, "-m", "pytest_sglang_tune.cli", "bench", "--url",
-                               f"http://127.0.0.1:{port}", "--model", "q", "--scenario", "D(128,16)",
-                               "--concurrency", "1", "--concurrency", "4", "--num-requests", "8", "-o", str(out)],
-                              capture_output=True, text=True, timeout=120)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    out = tmp_path / "bench.json"
+    with serving([*SIM, "--served-model-name", "q"]) as url:
+        proc = subprocess.run([sys.executable, "-m", "pytest_sglang_tune.cli", "bench", "--url", url, "--model", "q",
+                               "--scenario", "D(128,16)", "--concurrency", "1", "--concurrency", "4",
+                               "--num-requests", "8", "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = load_report(out)
     assert [r["load"]["concurrency"] for r in report["results"]] == [1, 4]
