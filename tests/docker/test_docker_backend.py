@@ -104,7 +104,7 @@ def test_zero_gpus_skips_configs_whose_image_needs_gpus_within_a_second(pytester
                                  "*SKIPPED*config needs 2 GPU(s) (tp × dp × pp) but 0 available*"])
     since_start, since_collection = map(float, (pytester.path / "timing.txt").read_text().split())
     assert since_start < 1.0, f"the first skip came {since_start:.2f}s after the session started"
-    assert since_collection < 0.2
+    assert since_collection < 1.0  # the issue: skipped "within a second of collection"
 
 
 def test_no_image_configured_names_the_setting(pytester: pytest.Pytester, docker_client: Any,

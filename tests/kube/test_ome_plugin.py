@@ -88,7 +88,9 @@ def test_zero_gpus_skips_every_config_at_once(pytester: pytest.Pytester, fake_cl
     elapsed = time.monotonic() - start
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*0 available (cluster nodes: 1 node(s), 0 with nvidia.com/gpu, 0 allocatable*"])
-    assert elapsed < 5.0  # includes pytest's own start; the capacity check itself is one list of nodes and pods
+    # no hang, no timeout: the whole in-process session, pytest's start included; that the capacity check itself
+    # answers within a second is asserted in test_ome_backend.py
+    assert elapsed < 15.0
     assert fake_cluster.store.list("inferenceservices") == []
 
 
