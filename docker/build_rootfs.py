@@ -117,8 +117,18 @@ def collect() -> list[Path]:
     return sorted(files)
 
 
+def extra_site_dirs() -> list[str]:
+    """Where the collected distributions live when that is not the base interpreter's site-packages (a venv):
+    the image's interpreter gets them on ``sys.path`` through a ``.pth`` file."""
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})["purelib"]
+    dirs = {str(Path(str(d.locate_file(""))).resolve()) for d in dist_closure(ROOTS)}
+    return sorted(d for d in dirs if d != str(Path(base).resolve()))
+
+
 def write_tar(out: Path, files: list[Path]) -> None:
     exe = Path(sys.executable).resolve()
+    base_site = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})["purelib"]
+    extra = extra_site_dirs()
     with tarfile.open(out, "w") as tar:
         for d in ("tmp", "root", "etc", "usr/local/bin", "bin", "lib64"):
             info = tarfile.TarInfo(d)
@@ -140,7 +150,11 @@ def write_tar(out: Path, files: list[Path]) -> None:
             link = tarfile.TarInfo(name)
             link.type, link.linkname = tarfile.SYMTYPE, str(exe)
             tar.addfile(link)
-        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"),
+        texts = []
+        if extra:  # packages installed into a venv: keep them importable by the base interpreter in the image
+            texts.append((f"{base_site.lstrip('/')}/sglang_tune_image.pth", "\n".join(extra) + "\n"))
+        passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"
+        for name, text in (*texts, ("etc/passwd", passwd),
                            ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
                            ("etc/nsswitch.conf", "hosts: files dns\n")):
             data = text.encode()
