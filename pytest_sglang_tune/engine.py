@@ -116,13 +116,10 @@ class Engine:
     def ensure(self, suite: Suite, cfg: TuneConfig, table: Any) -> Live:
         """The live server for ``cfg``: reuse, or stop the previous one and deploy this one."""
         key = (suite.name, cfg.config_id)
-        if self.live is not None and self.live.key == key:
-            died = self.live.deployment.poll()
-            if died is None:
+        if self.live is not None:
+            if self.live.key == key and self.live.deployment.poll() is None:
                 return self.live
-            self.release()
-        elif self.live is not None:
-            self.release()
+            self.release()  # another config's server, or this one died: stop it before deploying
         settings = dict(suite.backend_settings(self.options.backend))
         problem = self.capacity_problem(cfg, settings)
         if problem:

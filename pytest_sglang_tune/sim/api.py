@@ -128,6 +128,15 @@ def _finish(h: Handle) -> tuple[str, Any]:
     return "length", None
 
 
+async def _wait_or_abort(srv: SimServer, h: Handle) -> None:
+    """Wait for a non-streaming request to finish; abort it in the scheduler when the client goes away."""
+    try:
+        await h.wait()
+    except asyncio.CancelledError:
+        srv.abort(h)
+        raise
+
+
 def _usage_options(srv: Any, body: dict[str, Any]) -> tuple[bool, bool]:
     """(send a usage chunk at the end, attach running usage to every chunk) for a streaming request."""
     opts = _stream_options(body)
@@ -194,11 +203,7 @@ def chat_completions(srv: SimServer) -> Handler:
         stream = bool(body.get("stream"))
         h = srv.submit(ids, plan, stream=stream, max_new_tokens=max_new)
         if not stream:
-            try:
-                await h.wait()
-            except asyncio.CancelledError:
-                srv.abort(h)
-                raise
+            await _wait_or_abort(srv, h)
             reason, matched = _finish(h)
             return json_response(
                 {
@@ -297,11 +302,7 @@ def completions(srv: SimServer) -> Handler:
         stream = bool(body.get("stream"))
         h = srv.submit(ids, plan, stream=stream, max_new_tokens=max_new)
         if not stream:
-            try:
-                await h.wait()
-            except asyncio.CancelledError:
-                srv.abort(h)
-                raise
+            await _wait_or_abort(srv, h)
             reason, matched = _finish(h)
             return json_response(
                 {
@@ -406,11 +407,7 @@ def generate(srv: SimServer) -> Handler:
         stream = bool(body.get("stream"))
         h = srv.submit(ids, plan, stream=stream, max_new_tokens=max_new)
         if not stream:
-            try:
-                await h.wait()
-            except asyncio.CancelledError:
-                srv.abort(h)
-                raise
+            await _wait_or_abort(srv, h)
             out_ids = h.req.output_ids[: h.req.out_len]
             return json_response({"text": tok.decode(out_ids), "output_ids": out_ids, "meta_info": meta(h, rid)})
         text_so_far: list[str] = []
