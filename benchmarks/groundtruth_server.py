@@ -11,8 +11,17 @@ machine): when each request was complete on the server and when each content chu
 ``GET /gt/log`` returns and clears the log (keyed by the CRC-32 of the request body); ``GET /gt/stats`` gives
 the server's own CPU time, to check it is not the bottleneck.
 
-Lean on purpose: one ``asyncio.Protocol`` per connection (uvloop when installed), a hand-written HTTP/1.1
-parser (keep-alive, Content-Length bodies), pre-rendered chunk bytes, one timer callback per chunk.
+With ``--itl-ms 0`` every token is due at the first-token time. ``--zero-itl burst`` (default) then writes
+them all in one send, each still its own HTTP chunk and SSE event: the server costs well under a microsecond
+per token, so a client reading the stream is the bottleneck (the benchmark's client-bound run).
+``--zero-itl step`` writes one token per stream per loop turn (like one decode step for every running
+request), one send each: on loopback each send costs the server about as much kernel time as the client's
+read of it (Linux charges the receiving socket's TCP processing to the sender), so a one-core server cannot
+outrun the client and the run is bound by both.
+
+Lean on purpose: raw non-blocking sockets on the event loop (uvloop when installed), a hand-written HTTP/1.1
+parser (keep-alive, Content-Length bodies), chunk bytes rendered once per request shape, one timer callback
+per chunk (``step``: one callback per loop turn for all streams).
 
     python benchmarks/groundtruth_server.py --port 8123 --ttft-ms 50 --itl-ms 10
 """
@@ -42,6 +51,7 @@ class Server:
         self.tokens_total = 0
         self.requests_total = 0
         self.running = 0
+        self.zero_itl = "burst"
 
 
 SERVER: Server
@@ -166,7 +176,8 @@ class Conn:
                 self.reply(200, json.dumps({"requests": log}).encode())
             elif path == "/gt/stats":
                 ru = resource.getrusage(resource.RUSAGE_SELF)
-                self.reply(200, json.dumps({"cpu_s": ru.ru_utime + ru.ru_stime, "tokens": s.tokens_total}).encode())
+                self.reply(200, json.dumps({"cpu_s": ru.ru_utime + ru.ru_stime, "sys_s": ru.ru_stime,
+                                                  "tokens": s.tokens_total}).encode())
             elif path == "/metrics":
                 text = (
                     f"sglang:num_running_reqs{{model_name=\"gt\"}} {s.running}\n"
@@ -190,7 +201,8 @@ class Conn:
             ids = req.get("input_ids")
             n_in = len(ids) if isinstance(ids, list) else len(str(req.get("text", "")).split())
         else:
-            n_out = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
+            mt = req.get("max_tokens", req.get("max_completion_tokens"))
+            n_out = 16 if mt is None else int(mt)
             if path.endswith("/chat/completions"):
                 n_in = CHAT_OVERHEAD + sum(len(str(m.get("content", "")).split()) for m in req.get("messages", []))
             else:
@@ -221,12 +233,51 @@ def _chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
+_RENDERED: dict[tuple[int, int, bool, bool], list[bytes]] = {}
+
+
+def _rendered(n_in: int, n_out: int, native: bool, chat: bool) -> list[bytes]:
+    """The wire bytes of a stream, rendered once per request shape so that the hot path only sends: one item
+    per content chunk, the last carrying the end of the stream (usage chunk, ``[DONE]``, the zero-size chunk);
+    with no content chunk at all, a single item that is only the end."""
+    key = (n_in, n_out, native, chat)
+    out = _RENDERED.get(key)
+    if out is None:
+        tail = b""
+        if not native:
+            tail += (b'data: {"id":"gt","object":"chunk","choices":[],"usage":{"prompt_tokens":%d,'
+                     b'"completion_tokens":%d,"total_tokens":%d}}\n\n' % (n_in, n_out, n_in + n_out))
+        end = _chunk(tail + b"data: [DONE]\n\n") + b"0\r\n\r\n"
+        out = [_chunk(_payload(j + 1, n_in, n_out, native, chat)) for j in range(n_out)] or [b""]
+        out[-1] += end
+        if len(_RENDERED) < 4096:
+            _RENDERED[key] = out
+    return out
+
+
+def _payload(n: int, n_in: int, n_out: int, native: bool, chat: bool) -> bytes:
+    """The SSE event of content chunk ``n`` (1-based) of ``n_out``."""
+    last = n == n_out
+    if native:
+        reason = f'{{"type":"length","length":{n}}}' if last else "null"
+        return (b'data: {"text":"%s","meta_info":{"prompt_tokens":%d,"completion_tokens":%d,"finish_reason":%s}}'
+                b"\n\n" % (b"x" * min(n, 64), n_in, n, reason.encode()))
+    reason_b = b'"length"' if last else b"null"
+    usage = b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (n_in, n, n_in + n)
+    if chat:
+        choice = b'{"index":0,"delta":{"content":"x "},"finish_reason":%s}' % reason_b
+    else:
+        choice = b'{"index":0,"text":"x ","finish_reason":%s}' % reason_b
+    return b'data: {"id":"gt","object":"chunk","choices":[%s],%s}\n\n' % (choice, usage)
+
+
 class Stream:
-    __slots__ = ("chat", "conn", "handle", "key", "n_in", "n_out", "native", "recv", "sent", "times")
+    __slots__ = ("chunks", "conn", "content", "key", "recv", "sent", "times")
 
     def __init__(self, conn: Conn, key: int, recv: float, n_in: int, n_out: int, native: bool, chat: bool) -> None:
         self.conn, self.key, self.recv = conn, key, recv
-        self.n_in, self.n_out, self.native, self.chat = n_in, n_out, native, chat
+        self.chunks = _rendered(n_in, n_out, native, chat)
+        self.content = n_out > 0  # each item of ``chunks`` is a token (else the one item is only the end)
         self.sent = 0
         self.times: list[float] = []
 
@@ -234,52 +285,66 @@ class Stream:
         SERVER.running += 1
         self.conn.loop.call_later(self.recv + SERVER.ttft - time.perf_counter(), self.emit)
 
-    def payload(self, j: int) -> bytes:
-        n = j + 1
-        last = n == self.n_out
-        if self.native:
-            reason = f'{{"type":"length","length":{n}}}' if last else "null"
-            return (b'data: {"text":"%s","meta_info":{"prompt_tokens":%d,"completion_tokens":%d,"finish_reason":%s}}'
-                    b"\n\n" % (b"x" * min(n, 64), self.n_in, n, reason.encode()))
-        reason = b'"length"' if last else b"null"
-        usage = b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
-            self.n_in, n, self.n_in + n)
-        if self.chat:
-            choice = b'{"index":0,"delta":{"content":"x "},"finish_reason":%s}' % reason
-        else:
-            choice = b'{"index":0,"text":"x ","finish_reason":%s}' % reason
-        return b'data: {"id":"gt","object":"chunk","choices":[%s],%s}\n\n' % (choice, usage)
+    def finish(self) -> None:
+        SERVER.running -= 1
+        SERVER.log.append((self.key, self.recv, self.times))
 
     def emit(self) -> None:
-        conn = self.conn
         s = SERVER
+        if s.itl <= 0 and s.zero_itl == "burst":
+            self.send(len(self.chunks))
+        elif self.send(1):
+            if s.itl > 0:
+                self.conn.loop.call_later(self.recv + s.ttft + self.sent * s.itl - time.perf_counter(), self.emit)
+            else:
+                TICKER.add(self)
+
+    def send(self, k: int) -> bool:
+        """Send the next ``k`` chunks now, in one write; False when the stream is over (all sent, or its
+        connection closed)."""
+        conn = self.conn
         if conn.closed:
-            s.running -= 1
-            s.log.append((self.key, self.recv, self.times))
-            return
+            self.finish()
+            return False
         j = self.sent
-        data = self.payload(j)
-        self.sent = j + 1
-        s.tokens_total += 1
-        last = self.sent >= self.n_out
-        if last:
-            if not self.native:
-                n_in, n_out = self.n_in, self.n_out
-                data += (b'data: {"id":"gt","object":"chunk","choices":[],"usage":{"prompt_tokens":%d,'
-                         b'"completion_tokens":%d,"total_tokens":%d}}\n\n' % (n_in, n_out, n_in + n_out))
-            data += b"data: [DONE]\n\n"
-            out = _chunk(data) + b"0\r\n\r\n"
-        else:
-            out = _chunk(data)
-        self.times.append(time.perf_counter())
-        conn.write_now(out)
-        if last:
-            s.running -= 1
-            s.log.append((self.key, self.recv, self.times))
-        elif s.itl > 0:
-            conn.loop.call_later(self.recv + s.ttft + self.sent * s.itl - time.perf_counter(), self.emit)
-        else:
-            conn.loop.call_soon(self.emit)
+        self.sent = n = min(j + k, len(self.chunks))
+        t = time.perf_counter()
+        if self.content:
+            SERVER.tokens_total += n - j
+            self.times.extend([t] * (n - j))
+        conn.write_now(self.chunks[j] if n - j == 1 else b"".join(self.chunks[j:n]))
+        if n >= len(self.chunks):
+            self.finish()
+            return False
+        return True
+
+
+class Ticker:
+    """ITL 0, ``step``: every stream gets its next chunk once per loop turn (one token per running stream per "decode
+    step"), from one callback per turn rather than one per chunk."""
+
+    def __init__(self) -> None:
+        self.ready: list[Stream] = []
+        self.scheduled = False
+
+    def add(self, stream: Stream) -> None:
+        self.ready.append(stream)
+        if not self.scheduled:
+            self.scheduled = True
+            stream.conn.loop.call_soon(self.tick)
+
+    def tick(self) -> None:
+        ready, self.ready = self.ready, []
+        self.scheduled = False
+        keep = [st for st in ready if st.send(1)]
+        if keep:
+            self.ready = keep + self.ready
+            if not self.scheduled:
+                self.scheduled = True
+                asyncio.get_running_loop().call_soon(self.tick)
+
+
+TICKER = Ticker()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -290,10 +355,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--itl-ms", type=float, default=10.0)
     ap.add_argument("--cap-output", type=int, default=None, help="stop every stream after this many tokens")
     ap.add_argument("--prompt-delta", type=int, default=0, help="misreport prompt_tokens by this many")
+    ap.add_argument("--zero-itl", choices=("burst", "step"), default="burst",
+                    help="with --itl-ms 0: send all of a stream's tokens at once (burst: they are all due at TTFT), "
+                         "or one token per stream per loop turn (step)")
     ap.add_argument("--no-uvloop", action="store_true")
     args = ap.parse_args(argv)
     global SERVER
     SERVER = Server(args.ttft_ms / 1000.0, args.itl_ms / 1000.0, args.cap_output, args.prompt_delta)
+    SERVER.zero_itl = args.zero_itl
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
