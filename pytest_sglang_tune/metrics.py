@@ -22,6 +22,9 @@ Definitions (warmup samples are left out of everything; "completed" means the st
 * ``error_rate``: failed / measured requests (None when nothing was measured); ``errors``: failures by class.
 * ``self_check``: requested vs served token means and how many requests differ, to catch a server (or a
   workload) that does not produce the lengths asked for.
+* ``client_cpu_util``: the load generator's CPU seconds per process per second of the point (before the
+  warm-up/cool-down windows); near 1 the client was saturated and its timestamps may trail the truth (the
+  point then carries a warning). None when not measured.
 """
 
 from __future__ import annotations
@@ -175,4 +178,5 @@ def summarize(point: PointResult, *, gpus: int, slos: Sequence[SLO] = ()) -> dic
         "duration_s": duration,
         "tpot_excluded": tpot_excluded,
         "self_check": self_check(ok),
+        "client_cpu_util": point.client_cpu_util,
     }

@@ -39,13 +39,16 @@ def test_merge_orders_by_index_and_spans_all_processes() -> None:
     def s(sent: float, warm: bool = False) -> RequestSample:
         return RequestSample(1, 1, sent=sent, done=sent + 1, warmup=warm)
 
-    a = PointResult([s(-1, True), s(0.0), s(2.0)], started=0.0, finished=3.0, wall_started=5.0, warnings=["x"])
-    b = PointResult([s(1.0), s(3.0)], started=1.0, finished=4.0, wall_started=4.0, warnings=["x", "y"])
+    a = PointResult([s(-1, True), s(0.0), s(2.0)], started=0.0, finished=3.0, wall_started=5.0, warnings=["x"],
+                    client_cpu_s=0.5)
+    b = PointResult([s(1.0), s(3.0)], started=1.0, finished=4.0, wall_started=4.0, warnings=["x", "y"],
+                    client_cpu_s=0.25)
     empty = PointResult([], started=99.0, finished=99.0)
     out = merge([(a, [0, 2]), (b, [1, 3]), (empty, [])], now=50.0)
     assert [x.sent for x in out.samples] == [-1, 0.0, 1.0, 2.0, 3.0]
     assert (out.started, out.finished, out.wall_started) == (0.0, 4.0, 4.0)  # the empty part does not count
     assert out.warnings == ["x", "y"]
+    assert (out.client_cpu_s, out.client_procs) == (0.75, 3)  # CPU of every process, utilisation per process
     with pytest.raises(RuntimeError, match="returned 2 samples for 1 indices"):
         merge([(a, [0])], now=0.0)
 
@@ -76,6 +79,7 @@ def test_two_processes_measure_the_same_requests_as_one(sim_url: str, load: Load
     assert all(two.started <= s.sent < s.first_token <= s.done <= two.finished + 1e-9 for s in m2)  # type: ignore[operator]
     mm = summarize(two, gpus=1)
     assert mm["completed"] == 12 and mm["failed"] == 0 and mm["self_check"]["output_mismatches"] == 0
+    assert two.client_procs == 2 and 0 < mm["client_cpu_util"] < 1.5
     assert 0 < mm["ttft_ms"]["p50"] < 1000 and mm["duration_s"] > 0
 
 

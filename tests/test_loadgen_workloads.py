@@ -18,7 +18,7 @@ from pytest_sglang_tune.errors import SuiteError
 from pytest_sglang_tune.loadgen.arrivals import arrival_offsets
 from pytest_sglang_tune.loadgen.dataset import Exchange, estimate_tokens, exchanges, sample_conversations
 from pytest_sglang_tune.loadgen.prompts import build_requests
-from pytest_sglang_tune.loadgen.runner import apply_windows, run_point
+from pytest_sglang_tune.loadgen.runner import apply_windows, finish_point, run_point
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, turn_body
 from pytest_sglang_tune.loadgen.workload import FROM_DATASET, Load, Workload, parse_scenario
@@ -195,6 +195,25 @@ def test_time_windows(warmup_s: float, cooldown_s: float, kept: list[int], windo
     assert m["completed"] + m["failed"] == len(kept)
 
 
+@pytest.mark.parametrize(
+    ("cpu_s", "procs", "span", "util", "warned"),
+    [
+        (0.5, 1, 10.0, 0.05, False),
+        (9.5, 1, 10.0, 0.95, True),    # one process busy 95 % of the point: its reads may have lagged
+        (9.5, 2, 10.0, 0.475, False),  # the same CPU over two processes: each half busy
+        (0.95, 1, 0.5, 1.9, False),    # a point under a second: start-up dominates, no warning
+        (0.0, 1, 10.0, None, False),   # not measured
+    ],
+)
+def test_client_cpu_utilisation(cpu_s: float, procs: int, span: float, util: float | None, warned: bool) -> None:
+    point = PointResult([_sample(0.0, 1.0)], started=0.0, finished=span, client_cpu_s=cpu_s, client_procs=procs)
+    out = finish_point(point, wl(warmup_s=0.1))
+    assert out.client_cpu_util == (None if util is None else pytest.approx(util))
+    assert any("busy" in w and "--sglang-loadgen-procs" in w for w in out.warnings) is warned
+    assert out.started == 0.1  # the windows are applied after the utilisation was taken over the whole point
+    assert summarize(out, gpus=1)["client_cpu_util"] == out.client_cpu_util
+
+
 def test_time_windows_against_the_sim(sim_url: str) -> None:
     w = wl(num_requests=40, warmup_s=0.3, cooldown_s=0.2)
     point = run_point(Endpoint(sim_url, MODEL), w, Load(request_rate=50))
@@ -202,6 +221,7 @@ def test_time_windows_against_the_sim(sim_url: str) -> None:
     assert 0 < len(measured) < 40
     assert all(point.started <= s.sent and (s.done or 0) <= point.finished for s in measured)
     assert "fell outside the measurement window" in " ".join(point.warnings)
+    assert point.client_cpu_s > 0 and 0 < (point.client_cpu_util or 0) < 1  # 50 req/s keep the client idle
 
 
 def test_max_duration_bounds_an_open_loop_point(sim_url: str) -> None:

@@ -117,7 +117,9 @@ def merge(parts: list[tuple[PointResult, list[int]]], *, now: float) -> PointRes
     measured: list[tuple[int, RequestSample]] = []
     starts, ends, walls = [], [], []
     warnings: list[str] = []
+    cpu = 0.0
     for point, indices in parts:
+        cpu += point.client_cpu_s
         ms = [s for s in point.samples if not s.warmup]
         warm.extend(s for s in point.samples if s.warmup)
         if len(ms) != len(indices):
@@ -137,6 +139,8 @@ def merge(parts: list[tuple[PointResult, list[int]]], *, now: float) -> PointRes
         finished=max(ends, default=now),
         wall_started=min(walls, default=time.time()),
         warnings=warnings,
+        client_cpu_s=cpu,
+        client_procs=len(parts),
     )
 
 
@@ -242,7 +246,7 @@ def run_point_procs(endpoint: Endpoint, workload: Workload, load: Load, *, procs
                     watchdog: Callable[[], None] | None = None, scrape_metrics: bool = False,
                     timeout_s: float = 600.0, transport: str = "auto") -> PointResult:
     """``runner.run_point`` over ``procs`` processes (fewer when the point has fewer units or streams)."""
-    from pytest_sglang_tune.loadgen.runner import _check_load, apply_windows, new_loop_runner, run_point
+    from pytest_sglang_tune.loadgen.runner import _check_load, finish_point, new_loop_runner, run_point
 
     _check_load(load)
     if procs < 1:
@@ -254,4 +258,4 @@ def run_point_procs(endpoint: Endpoint, workload: Workload, load: Load, *, procs
     with new_loop_runner() as runner:
         point = runner.run(_parent(endpoint, workload, load, n, watchdog=watchdog, scrape_metrics=scrape_metrics,
                                    timeout_s=timeout_s, transport=transport))
-    return apply_windows(point, workload.warmup_s, workload.cooldown_s)
+    return finish_point(point, workload)

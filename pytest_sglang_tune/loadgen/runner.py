@@ -119,6 +119,8 @@ class _Point:
         self.session_ended = 0  # measured turns not sent because an earlier turn of their session failed
         self._gauges: dict[str, list[float]] = {}
         self._units: dict[bool, list[Callable[[], Awaitable[None]]]] = {}
+        self._cpu0: float | None = None  # process CPU time when the measured phase began
+        self._cpu_s: float | None = None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -193,12 +195,14 @@ class _Point:
                 while (delay := t0 - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
             self.wall_started = time.time()
+            self._cpu0 = time.process_time()
             if self.workload.max_duration_s is not None:
                 self.send_until = t0 + self.workload.max_duration_s
             if self.load.request_rate is not None:
                 await self._open(units, self.load.request_rate, conc, t0)
             else:
                 await self._closed(units, conc or len(units), measured=True)
+            self._cpu_s = time.process_time() - self._cpu0
             if scraper is not None:
                 after = await self._scrape(scraper)
                 if after:
@@ -232,6 +236,9 @@ class _Point:
         now = time.perf_counter()
         started = min((s.sent for s in sent), default=now)
         finished = now if deadline is not None else (self.last_end or started)
+        cpu = self._cpu_s
+        if cpu is None:
+            cpu = 0.0 if self._cpu0 is None else time.process_time() - self._cpu0
         return PointResult(
             samples=self.warm + sent,
             started=started,
@@ -239,6 +246,7 @@ class _Point:
             wall_started=self.wall_started,
             server_metrics=self.server_metrics,
             warnings=self.warnings,
+            client_cpu_s=cpu,
         )
 
     # -- sending --------------------------------------------------------------------------------------------
@@ -438,6 +446,24 @@ async def measure_async(
         await point.close()
 
 
+CLIENT_BUSY = 0.9  # client CPU utilisation above which a point's latencies may be the client's
+
+
+def finish_point(point: PointResult, workload: Workload) -> PointResult:
+    """What every finished point gets: the client's CPU utilisation over the whole point (and a warning when
+    the load generator was busy enough to delay its own reads), then the warm-up/cool-down windows."""
+    span = point.finished - point.started
+    if point.client_cpu_s > 0 and span > 0:
+        util = point.client_cpu_s / (span * max(point.client_procs, 1))
+        point.client_cpu_util = util
+        if util >= CLIENT_BUSY and span >= 1.0:
+            point.warnings.append(
+                f"the load generator was busy {util:.0%} of the point (CPU per process per second): it may have "
+                "been the bottleneck and delayed its own reads, inflating latencies; spread it over more "
+                "processes (--sglang-loadgen-procs, or --procs for sglang-tune bench)")
+    return apply_windows(point, workload.warmup_s, workload.cooldown_s)
+
+
 def apply_windows(point: PointResult, warmup_s: float, cooldown_s: float) -> PointResult:
     """Leave out (mark ``warmup``) measured requests sent in the first ``warmup_s`` seconds of the point or
     ending in its last ``cooldown_s``; the point's duration becomes the window between. A window that would
@@ -479,7 +505,7 @@ async def run_point_async(
     """
     point, _ = await measure_async(endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics,
                                    timeout_s=timeout_s, transport=transport)
-    return apply_windows(point, workload.warmup_s, workload.cooldown_s)
+    return finish_point(point, workload)
 
 
 def new_loop_runner() -> asyncio.Runner:

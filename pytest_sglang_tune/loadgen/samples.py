@@ -74,6 +74,9 @@ class PointResult:
     wall_started: float = 0.0  # time.time() at start, for the report
     server_metrics: dict[str, float] = field(default_factory=dict)  # /metrics summary, when scraped
     warnings: list[str] = field(default_factory=list)
+    client_cpu_s: float = 0.0  # the load generator's CPU time (all its processes) while the point was sent
+    client_procs: int = 1      # how many load-generator processes shared the point
+    client_cpu_util: float | None = None  # client_cpu_s per process per second of the whole point (near 1: busy)
 
     @property
     def duration_s(self) -> float:
