@@ -4,6 +4,9 @@ extensions, error bodies, responses cut mid-body, and a keep-alive connection th
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -171,29 +174,21 @@ def _reads(events: list[bytes], split: str) -> list[bytes]:
 def _feed(reads: list[bytes]) -> tuple[object, ...]:
     from pytest_sglang_tune.loadgen.fastclient import _Conn
 
-    class Transport:
-        def get_extra_info(self, name: str) -> None:
-            return None
-
-        def get_write_buffer_size(self) -> int:
-            return 0
-
-        def write(self, data: bytes) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
     async def go() -> tuple[object, ...]:
-        conn = _Conn()
-        conn.connection_made(Transport())  # type: ignore[arg-type]
-        s = RequestSample(4, 4)
-        waiter = conn.start(b"", s, False)
-        for r in reads:
-            conn.data_received(r)
-        assert waiter.done()
-        return (s.error, s.error_detail, s.input_tokens, s.output_tokens, s.cached_tokens, s.chunk_tokens,
-                s.first_token is not None, s.done is not None, conn.reusable)
+        mine, theirs = socket.socketpair()
+        mine.setblocking(False)
+        conn = _Conn(mine, asyncio.get_running_loop())
+        try:
+            s = RequestSample(4, 4)
+            waiter = conn.start(b"", s, False)
+            for k, r in enumerate(reads):
+                conn.feed(r, float(k))
+            assert waiter.done()
+            return (s.error, s.error_detail, s.input_tokens, s.output_tokens, s.cached_tokens, s.chunk_tokens,
+                    s.first_token is not None, s.done is not None, conn.reusable)
+        finally:
+            conn.close()
+            theirs.close()
 
     return asyncio.run(go())
 
@@ -205,3 +200,58 @@ def test_fast_path_reads_like_the_byte_by_byte_decoder(name: str, split: str) ->
     assert fast == slow
     if name == "chat, role chunk and usage chunk":
         assert fast[2:6] == (9, 3, 5, [2])  # the role chunk carried no token; the last chunk two
+
+
+# -- timestamps are the kernel's receive times: a client loop that reads late still records the arrival -------
+
+
+def _threaded_server(reply: bytes, delay: float) -> tuple[int, threading.Thread, threading.Event]:
+    """A one-shot server thread: on a request it sets the event, waits ``delay`` and sends ``reply`` whole."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    got = threading.Event()
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        with conn, lsock:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            got.set()
+            time.sleep(delay)
+            conn.sendall(reply)
+            conn.recv(1)  # until the client closes
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return port, t, got
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_busy_client_loop_still_records_the_arrival_time(loop: str) -> None:
+    from pytest_sglang_tune.loadgen import fastclient
+
+    if fastclient.SO_TIMESTAMPNS is None:
+        pytest.skip("no SO_TIMESTAMPNS receive timestamps on this platform (the read time is used)")
+    port, thread, got = _threaded_server(HEAD + chunked(EVENTS), delay=0.05)
+
+    async def go() -> RequestSample:
+        streamer = LeanStreamer(f"http://127.0.0.1:{port}", {})
+        s = RequestSample(4, 4)
+        task = asyncio.create_task(streamer.stream(streamer.request_bytes("/v1/completions", b"{}"), s))
+        while not got.is_set():  # the server has the request ...
+            await asyncio.sleep(0.001)
+        time.sleep(0.3)  # ... and answers 50 ms into 300 ms during which this loop is busy (blocked)
+        await task
+        await streamer.close()
+        return s
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        s = uvloop.run(go())
+    else:
+        s = asyncio.run(go())
+    thread.join(timeout=5)
+    assert s.ok, s.error_detail
+    assert s.ttft_s is not None and 0.045 < s.ttft_s < 0.2  # the arrival at ~50 ms, not the late read (>= 300 ms)
+    assert s.e2e_s is not None and s.e2e_s < 0.2

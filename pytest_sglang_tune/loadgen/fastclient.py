@@ -1,12 +1,17 @@
-"""The lean streaming transport of the hot path: HTTP/1.1 keep-alive and chunked SSE on ``asyncio.Protocol``.
+"""The lean streaming transport of the hot path: HTTP/1.1 keep-alive and chunked SSE on raw non-blocking
+sockets driven by the event loop (``loop.add_reader``).
 
 Why not aiohttp here: every network read of an aiohttp response goes through a ``StreamReader`` and wakes a
 coroutine (a future, a task step, a context switch) before the client even sees the bytes, and the read is
 timestamped only after that wake-up, so under load the timestamps trail the truth by the loop's backlog and the
 per-token CPU is several times ours (``benchmarks/loadgen_accuracy.py`` has the numbers). Here each read is
-timestamped with ``time.perf_counter()`` first thing in ``data_received`` and parsed right there: de-chunked,
-SSE-decoded and folded into the ``RequestSample`` with no task switch; the awaiting coroutine wakes once per
-request.
+parsed right where it happens: de-chunked, SSE-decoded and folded into the ``RequestSample`` with no task
+switch; the awaiting coroutine wakes once per request.
+
+Timestamps: each read is ``recvmsg`` with ``SO_TIMESTAMPNS`` (Linux), so a read carries the time the kernel
+received its newest bytes. A loop that is busy (hundreds of streams, or a client run flat out) reads late, but
+the time it records is the arrival, not the read: the client's own backlog stays out of TTFT and ITL. Where the
+kernel gives no timestamp, the time of the read (``time.perf_counter()`` first thing) is used.
 
 Scope: plain ``http://`` (the runner uses aiohttp for ``https://``), responses with ``Transfer-Encoding:
 chunked``, ``Content-Length`` or read-until-close bodies, no compression (none is asked for). A request on a
@@ -17,58 +22,72 @@ when not a byte of the response had arrived).
 from __future__ import annotations
 
 import asyncio
-import os
+import socket
+import struct
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from pytest_sglang_tune.loadgen.samples import RequestSample
 from pytest_sglang_tune.loadgen.sse import StreamParser
 
 MAX_HEAD = 65536
+READ_SIZE = 65536
 _clock = time.perf_counter
 
 _HEAD, _BODY, _DONE = 0, 1, 2
 _CHUNKED, _LENGTH, _UNTIL_CLOSE = 0, 1, 2
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if hasattr(socket, "SO_PEERSEC") else None)  # Linux only
+_CMSG = socket.CMSG_SPACE(16)
+_TIMESPEC = struct.Struct("qq")
 
-def _write_now(transport: asyncio.Transport, fd: int, data: bytes) -> None:
-    """Write ``data`` now. uvloop queues ``transport.write`` until the end of the loop iteration, after the
-    iteration's I/O callbacks (hundreds of stream reads under load), so a request would leave milliseconds
-    after its send time was stamped. With nothing queued on the transport, a direct non-blocking ``os.write``
-    on its socket keeps the order; what does not fit goes through the transport."""
-    if fd >= 0 and not transport.get_write_buffer_size():
-        try:
-            n = os.write(fd, data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:  # let the transport see (and report) the broken connection
-            n = 0
-        if n == len(data):
-            return
-        data = data[n:]
-    transport.write(data)
+
+def _enable_timestamps(sock: socket.socket) -> int:
+    """Ask the kernel for receive timestamps; the ancillary buffer size to read them with (0: none)."""
+    if SO_TIMESTAMPNS is None:
+        return 0
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return 0
+    return _CMSG
+
+
+def _arrival(anc: list[tuple[int, int, bytes]], t: float) -> float:
+    """The kernel's receive time of a read (on the ``perf_counter`` clock), from its ancillary data; ``t`` (the
+    read's own time) when there is none or it is implausible (the realtime clock was stepped meanwhile)."""
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(raw)
+            k = sec + nsec * 1e-9 - (time.time() - t)  # realtime → perf_counter (CLOCK_MONOTONIC)
+            return k if t - 60.0 < k <= t else t
+    return t
 
 
 class _Retry(Exception):
     """The reused connection was closed by the server before it answered: send again on a fresh one."""
 
 
-class _Conn(asyncio.Protocol):
-    """One HTTP/1.1 connection; carries one request at a time."""
+class _Conn:
+    """One HTTP/1.1 connection on a connected non-blocking socket; carries one request at a time."""
 
     __slots__ = (
-        "_buf", "_chunk_left", "_chunk_state", "_err_body", "_keep", "_mode", "_remaining", "_state",
-        "closed", "fd", "got_bytes", "parser", "sample", "transport", "waiter",
+        "_buf", "_chunk_left", "_chunk_state", "_cmsg", "_err_body", "_keep", "_mode", "_out", "_remaining",
+        "_state", "closed", "fd", "got_bytes", "loop", "parser", "sample", "sock", "waiter",
     )
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.fd = -1
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock, self.loop = sock, loop
+        self.fd = sock.fileno()
         self.closed = False
         self.waiter: asyncio.Future[None] | None = None
         self.sample: RequestSample | None = None
         self.parser: StreamParser | None = None
+        self._out = bytearray()  # what a write could not send at once (flushed when writable)
+        self._cmsg = _enable_timestamps(sock)
         self._reset()
+        loop.add_reader(self.fd, self._readable)
 
     def _reset(self) -> None:
         self._buf = b""
@@ -84,24 +103,74 @@ class _Conn(asyncio.Protocol):
     # -- request --------------------------------------------------------------------------------------------
 
     def start(self, data: bytes, sample: RequestSample, native: bool) -> asyncio.Future[None]:
-        assert self.transport is not None
         self._reset()
         self.sample = sample
         self.parser = StreamParser(sample, native=native)
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         sample.sent = _clock()
-        _write_now(self.transport, self.fd, data)
+        self._write(data)
         return self.waiter
 
-    # -- asyncio.Protocol -----------------------------------------------------------------------------------
+    # -- socket I/O -----------------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
+    def _write(self, data: bytes) -> None:
+        """Write now, straight to the socket (the send time was stamped just before); what does not fit is
+        queued and flushed when the socket is writable."""
+        if self.closed:
+            return
+        if not self._out:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+            self.loop.add_writer(self.fd, self._writable)
+        self._out += data
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self._out[:n]
+        if not self._out:
+            self.loop.remove_writer(self.fd)
+
+    def _readable(self) -> None:
+        try:
+            data, anc, _, _ = self.sock.recvmsg(READ_SIZE, self._cmsg)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        t = _clock()
+        if not data:
+            self._lost(None)
+            return
+        self.feed(data, _arrival(anc, t) if anc else t)
+
+    def close(self) -> None:
+        if self.closed:
+            return
         self.closed = True
+        self.loop.remove_reader(self.fd)
+        if self._out:
+            self.loop.remove_writer(self.fd)
+            self._out.clear()
+        self.sock.close()
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The connection ended (EOF, reset, a failed write): close it and settle the request in flight."""
+        self.close()
         t = _clock()
         if self.waiter is None or self.waiter.done():
             return
@@ -123,11 +192,8 @@ class _Conn(asyncio.Protocol):
             s.output_tokens = h._usage_out if h._usage_out is not None else h._counted
         self._finish()
 
-    def eof_received(self) -> bool:
-        return False  # close the transport; connection_lost does the rest
-
-    def data_received(self, data: bytes) -> None:
-        t = _clock()
+    def feed(self, data: bytes, t: float) -> None:
+        """One read of the response, received at ``t``."""
         self.got_bytes = True
         if self.waiter is None or self.waiter.done():
             return  # unsolicited bytes on an idle connection: ignore (it will be closed if it misbehaves)
@@ -349,8 +415,7 @@ class _Conn(asyncio.Protocol):
         if s is not None and s.error is None:
             s.error, s.error_detail = error, detail
         self._keep = False
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
         self._finish()
 
     def _finish(self) -> None:
@@ -380,6 +445,7 @@ class LeanStreamer:
         ).encode("latin-1")
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
+        self._addrs: list[tuple[int, Any]] = []  # (family, sockaddr) of the host
 
     def request_bytes(self, path: str, body: bytes) -> bytes:
         """The whole request (headers and body), built once per request before the point starts."""
@@ -390,9 +456,30 @@ class LeanStreamer:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Conn, self.host, self.port)
-        self._all.add(conn)
-        return conn
+        if not self._addrs:  # resolved once per streamer, not per connection
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            self._addrs = [(family, addr) for family, _, _, _, addr in infos]
+            if not self._addrs:
+                raise OSError(f"cannot resolve {self.host}")
+        error: OSError | None = None
+        for family, addr in self._addrs:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, addr)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            conn = _Conn(sock, loop)
+            self._all.add(conn)
+            return conn
+        assert error is not None
+        raise error
 
     async def preconnect(self, n: int) -> int:
         """Open ``n`` idle connections up front (so the first measured requests do not pay for, nor make the
@@ -412,20 +499,22 @@ class LeanStreamer:
                 if not c.closed:
                     conn = c
                     break
+                self._all.discard(c)  # closed by the server while idle
             reused = conn is not None
             try:
                 if conn is None:
                     conn = await self._connect()
                 await conn.start(data, sample, native)
             except _Retry:
+                self._all.discard(conn)
                 if reused and attempt == 0:
                     sample.first_token, sample.done, sample.error = None, None, None
                     continue
                 sample.error, sample.error_detail = "connection_reset", "the server closed the connection"
                 return
             except asyncio.CancelledError:
-                if conn is not None and conn.transport is not None:
-                    conn.transport.close()
+                if conn is not None:
+                    conn.close()
                 if sample.error is None and sample.done is None:
                     sample.error = "timeout"
                     sample.error_detail = "cancelled before the response ended (point deadline or abort)"
@@ -437,15 +526,13 @@ class LeanStreamer:
             if conn.reusable:
                 self._idle.append(conn)
             else:
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.close()
                 self._all.discard(conn)
             return
 
     async def close(self) -> None:
         for c in self._all:
-            if c.transport is not None:
-                c.transport.close()
+            c.close()
         self._all.clear()
         self._idle.clear()
         await asyncio.sleep(0)
