@@ -172,12 +172,12 @@ def _reads(events: list[bytes], split: str) -> list[bytes]:
 
 
 def _feed(reads: list[bytes]) -> tuple[object, ...]:
-    from pytest_sglang_tune.loadgen.fastclient import _Conn
+    from pytest_sglang_tune.loadgen.http1 import Connection
 
     async def go() -> tuple[object, ...]:
         mine, theirs = socket.socketpair()
         mine.setblocking(False)
-        conn = _Conn(mine, asyncio.get_running_loop())
+        conn = Connection(mine, asyncio.get_running_loop())
         try:
             s = RequestSample(4, 4)
             waiter = conn.start(b"", s, False)
@@ -229,9 +229,9 @@ def _threaded_server(reply: bytes, delay: float) -> tuple[int, threading.Thread,
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_busy_client_loop_still_records_the_arrival_time(loop: str) -> None:
-    from pytest_sglang_tune.loadgen import fastclient
+    from pytest_sglang_tune.loadgen import http1
 
-    if fastclient.SO_TIMESTAMPNS is None:
+    if http1.SO_TIMESTAMPNS is None:
         pytest.skip("no SO_TIMESTAMPNS receive timestamps on this platform (the read time is used)")
     port, thread, got = _threaded_server(HEAD + chunked(EVENTS), delay=0.05)
 

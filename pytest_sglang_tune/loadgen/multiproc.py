@@ -246,7 +246,8 @@ def run_point_procs(endpoint: Endpoint, workload: Workload, load: Load, *, procs
                     watchdog: Callable[[], None] | None = None, scrape_metrics: bool = False,
                     timeout_s: float = 600.0, transport: str = "auto") -> PointResult:
     """``runner.run_point`` over ``procs`` processes (fewer when the point has fewer units or streams)."""
-    from pytest_sglang_tune.loadgen.runner import _check_load, finish_point, new_loop_runner, run_point
+    from pytest_sglang_tune.loadgen.runner import _check_load, new_loop_runner, run_point
+    from pytest_sglang_tune.loadgen.windows import finish_point
 
     _check_load(load)
     if procs < 1:

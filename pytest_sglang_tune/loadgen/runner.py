@@ -15,7 +15,7 @@ Warmup requests (``workload.warmup_requests``) go first, closed loop, marked ``w
 ``workload.max_duration_s`` stops sending new measured requests after that long from the start of the
 measured phase (an open loop does not wait for an arrival beyond it; in-flight requests finish).
 ``warmup_s``/``cooldown_s`` then leave out requests sent in the first / ending in the last seconds
-(``apply_windows``: they are marked ``warmup`` and the point's duration shrinks to the window).
+(``windows.apply_windows``: they are marked ``warmup`` and the point's duration shrinks to the window).
 ``timeout_s`` bounds the whole point: at the deadline in-flight requests are cancelled and marked ``timeout``,
 unsent ones are dropped, and a warning says so. A ``watchdog`` is called (in a worker thread, so a slow check
 does not stall the event loop) right away and then every ``WATCHDOG_INTERVAL_S``; when it raises, in-flight
@@ -57,6 +57,7 @@ from pytest_sglang_tune.loadgen.prompts import (
 )
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, next_requested_input, session_samples, turn_body
+from pytest_sglang_tune.loadgen.windows import finish_point
 from pytest_sglang_tune.loadgen.workload import Load, Workload
 
 WATCHDOG_INTERVAL_S = 0.2
@@ -444,48 +445,6 @@ async def measure_async(
         await _cancel(guard)
         await _cancel(main)
         await point.close()
-
-
-CLIENT_BUSY = 0.9  # client CPU utilisation above which a point's latencies may be the client's
-
-
-def finish_point(point: PointResult, workload: Workload) -> PointResult:
-    """What every finished point gets: the client's CPU utilisation over the whole point (and a warning when
-    the load generator was busy enough to delay its own reads), then the warm-up/cool-down windows."""
-    span = point.finished - point.started
-    if point.client_cpu_s > 0 and span > 0:
-        util = point.client_cpu_s / (span * max(point.client_procs, 1))
-        point.client_cpu_util = util
-        if util >= CLIENT_BUSY and span >= 1.0:
-            point.warnings.append(
-                f"the load generator was busy {util:.0%} of the point (CPU per process per second): it may have "
-                "been the bottleneck and delayed its own reads, inflating latencies; spread it over more "
-                "processes (--sglang-loadgen-procs, or --procs for sglang-tune bench)")
-    return apply_windows(point, workload.warmup_s, workload.cooldown_s)
-
-
-def apply_windows(point: PointResult, warmup_s: float, cooldown_s: float) -> PointResult:
-    """Leave out (mark ``warmup``) measured requests sent in the first ``warmup_s`` seconds of the point or
-    ending in its last ``cooldown_s``; the point's duration becomes the window between. A window that would
-    be empty is not applied (with a warning)."""
-    if not (warmup_s or cooldown_s):
-        return point
-    measured = [s for s in point.samples if not s.warmup]
-    lo, hi = point.started + warmup_s, point.finished - cooldown_s
-    if not measured or hi <= lo:
-        point.warnings.append(f"warmup_s={warmup_s:g}/cooldown_s={cooldown_s:g} leave no measurement window "
-                              f"in a {point.duration_s:.3g} s point; all its requests are kept")
-        return point
-    out = 0
-    for s in measured:
-        end = s.done if s.done is not None else s.sent
-        if s.sent < lo or end > hi:
-            s.warmup = True
-            out += 1
-    point.started, point.finished = lo, hi
-    point.warnings.append(f"{out} of {len(measured)} requests fell outside the measurement window "
-                          f"(warmup_s={warmup_s:g}, cooldown_s={cooldown_s:g}) and were left out")
-    return point
 
 
 async def run_point_async(
