@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
         m = metrics
         print(f"  completed {m['completed']} failed {m['failed']}  ttft p50 {_f(m['ttft_ms']['p50'])} ms "
               f"p99 {_f(m['ttft_ms']['p99'])} ms  itl p50 {_f(m['itl_ms']['p50'])} ms  "
-              f"output {_f(m['output_throughput'])} tok/s", flush=True)
+              f"output {_f(m['output_throughput'])} tok/s  client cpu {_pct(m['client_cpu_util'])}", flush=True)
+        for w in point.warnings:
+            print(f"  warning: {w}", flush=True)
     run = {"id": run_id, "started_at": started, "finished_at": now_iso(), "backend": "external",
            "gpus": args.gpus, "argv": sys.argv, "machine": machine_info()}
     suites = {"bench": {"objective": "maximize: output_throughput", "slos": [str(s) for s in slos]}}
@@ -130,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(args.output, dumps(report))
     print(f"wrote {args.output}")
     return 0
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
 
 
 def parse_rate_sweep(spec: str) -> list[float]:

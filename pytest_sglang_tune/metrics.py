@@ -21,7 +21,8 @@ Definitions (warmup samples are left out of everything; "completed" means the st
   goodput equals ``request_throughput``.
 * ``error_rate``: failed / measured requests (None when nothing was measured); ``errors``: failures by class.
 * ``self_check``: requested vs served token means and how many requests differ, to catch a server (or a
-  workload) that does not produce the lengths asked for.
+  workload) that does not produce the lengths asked for; a difference becomes a warning of the point
+  (``self_check_warnings``: outputs always, inputs when the workload's are exact by construction).
 * ``client_cpu_util``: the load generator's CPU seconds per process per second of the point (before the
   warm-up/cool-down windows); near 1 the client was saturated and its timestamps may trail the truth (the
   point then carries a warning). None when not measured.
@@ -121,11 +122,33 @@ def _mean(xs: Sequence[float]) -> float | None:
     return math.fsum(xs) / len(xs) if xs else None
 
 
+def self_check_warnings(check: dict[str, Any], *, exact_input: bool) -> list[str]:
+    """The report's warnings for a ``self_check`` block: served lengths that differ from the requested ones.
+    ``exact_input``: the workload's input lengths are exact by construction (synthetic, single-turn); dataset
+    prompts and multi-turn histories are estimates, so only their output lengths are checked."""
+    n = check["completed"]
+    out: list[str] = []
+    if check["output_mismatches"]:
+        out.append(
+            f"self-check: {check['output_mismatches']} of {n} completed requests were served a different output "
+            f"length than requested (served mean {check['served_output_mean']:.1f} vs requested "
+            f"{check['requested_output_mean']:.1f} tokens): the server stops early or ignores max_tokens/"
+            "ignore_eos; throughputs and TPOT describe what was served")
+    if exact_input and check["input_mismatches"]:
+        out.append(
+            f"self-check: {check['input_mismatches']} of {n} completed requests were served a different input "
+            f"length than requested (served mean {check['served_input_mean']:.1f} vs requested "
+            f"{check['requested_input_mean']:.1f} tokens, largest difference {check['input_max_abs_diff']}): "
+            "the server counts the prompt differently (chat template, tokenizer, or a prompt it altered)")
+    return out
+
+
 def self_check(samples: Sequence[RequestSample]) -> dict[str, Any]:
     """Requested vs served input/output tokens over the completed requests."""
     served_in = [(s.requested_input_tokens, s.input_tokens) for s in samples if s.input_tokens is not None]
     served_out = [(s.requested_output_tokens, s.output_tokens) for s in samples if s.output_tokens is not None]
     return {
+        "completed": len(samples),
         "requested_input_mean": _mean([s.requested_input_tokens for s in samples]),
         "served_input_mean": _mean([float(b) for _, b in served_in]),
         "input_mismatches": sum(1 for a, b in served_in if a != b),

@@ -19,6 +19,7 @@ from pytest_sglang_tune.metrics import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 GROUNDTRUTH = REPO / "benchmarks" / "groundtruth_server.py"
+SHAREGPT = str(Path(__file__).parent / "fixtures" / "sharegpt_small.json")
 
 
 def _serve(cmd: list[str]) -> Iterator[str]:
@@ -68,6 +69,25 @@ def test_self_check_fires_on_a_server_that_stops_early(truncating_url: str) -> N
     assert check["output_mismatches"] == 6  # ... but with 5 tokens instead of 12
     assert check["requested_output_mean"] == 12 and check["served_output_mean"] == 5
     assert check["input_mismatches"] == 0
+    assert [w for w in point.warnings if w.startswith("self-check")] == [
+        "self-check: 6 of 6 completed requests were served a different output length than requested (served mean "
+        "5.0 vs requested 12.0 tokens): the server stops early or ignores max_tokens/ignore_eos; throughputs and "
+        "TPOT describe what was served"]
+
+
+def test_self_check_warns_when_the_server_counts_the_prompt_differently() -> None:
+    with serving([sys.executable, str(GROUNDTRUTH), "--ttft-ms", "1", "--itl-ms", "1", "--prompt-delta", "3"]) as url:
+        exact = run_point(Endpoint(url, "gt"), _wl("D(64,4)"), Load(concurrency=2))
+        ds = run_point(Endpoint(url, "gt"), _wl("D(64,4)", dataset=SHAREGPT), Load(concurrency=2))
+    (w,) = [w for w in exact.warnings if w.startswith("self-check")]
+    assert "6 of 6 completed requests were served a different input length" in w
+    assert "served mean 67.0 vs requested 64.0 tokens, largest difference 3" in w
+    assert not [w for w in ds.warnings if w.startswith("self-check")]  # dataset inputs are estimates: no warning
+
+
+def _wl(scenario: str, **kw: object) -> Workload:
+    inp, out = parse_scenario(scenario)
+    return Workload("w", inp, out, num_requests=6, warmup_requests=0, endpoint="completions", **kw)  # type: ignore[arg-type]
 
 
 def _bench(url: str, tmp_path: Path, *extra: str) -> dict:  # type: ignore[type-arg]

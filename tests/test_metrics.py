@@ -12,7 +12,7 @@ import pytest
 
 from pytest_sglang_tune.grammar import parse_slo
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
-from pytest_sglang_tune.metrics import distribution, percentile, request_value, summarize
+from pytest_sglang_tune.metrics import distribution, percentile, request_value, self_check_warnings, summarize
 
 STATS = {"mean", "std", "p50", "p90", "p95", "p99", "p99_9"}
 
@@ -214,6 +214,13 @@ def test_self_check_counts_mismatches() -> None:
     assert sc["input_mismatches"] == 1 and sc["input_max_abs_diff"] == 3 and sc["input_unreported"] == 1
     assert sc["requested_output_mean"] == 10 and sc["served_output_mean"] == pytest.approx(28 / 3)
     assert sc["output_mismatches"] == 1
+    out, inp = self_check_warnings(sc, exact_input=True)
+    assert out.startswith("self-check: 1 of 3 completed requests were served a different output length")
+    assert "served mean 9.3 vs requested 10.0 tokens" in out
+    assert "1 of 3" in inp and "served mean 101.5 vs requested 100.0 tokens, largest difference 3" in inp
+    assert self_check_warnings(sc, exact_input=False) == [out]  # estimated inputs (datasets, sessions)
+    clean = summarize(point([mk(gaps=[0.1] * 9, req_out=10, inp=100, req_in=100)]), gpus=1)["self_check"]
+    assert self_check_warnings(clean, exact_input=True) == []
 
 
 @pytest.mark.parametrize(

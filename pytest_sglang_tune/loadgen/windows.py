@@ -1,17 +1,20 @@
 """What every finished point gets before it is reported: the client's CPU utilisation (and a warning when the
-load generator was busy enough to be the bottleneck), then the warm-up and cool-down windows."""
+load generator was busy enough to be the bottleneck), the warm-up and cool-down windows, and the self-check's
+warnings (served lengths that differ from the requested ones)."""
 
 from __future__ import annotations
 
 from pytest_sglang_tune.loadgen.samples import PointResult
 from pytest_sglang_tune.loadgen.workload import Workload
+from pytest_sglang_tune.metrics import self_check, self_check_warnings
 
 CLIENT_BUSY = 0.9  # client CPU utilisation above which a point's latencies may be the client's
 
 
 def finish_point(point: PointResult, workload: Workload) -> PointResult:
     """What every finished point gets: the client's CPU utilisation over the whole point (and a warning when
-    the load generator was busy enough to delay its own reads), then the warm-up/cool-down windows."""
+    the load generator was busy enough to delay its own reads), then the warm-up/cool-down windows, then the
+    self-check of the completed requests in the window."""
     span = point.finished - point.started
     if point.client_cpu_s > 0 and span > 0:
         util = point.client_cpu_s / (span * max(point.client_procs, 1))
@@ -21,7 +24,10 @@ def finish_point(point: PointResult, workload: Workload) -> PointResult:
                 f"the load generator was busy {util:.0%} of the point (CPU per process per second): it may have "
                 "been the bottleneck and delayed its own reads, inflating latencies; spread it over more "
                 "processes (--sglang-loadgen-procs, or --procs for sglang-tune bench)")
-    return apply_windows(point, workload.warmup_s, workload.cooldown_s)
+    point = apply_windows(point, workload.warmup_s, workload.cooldown_s)
+    check = self_check([s for s in point.samples if s.ok and not s.warmup])
+    point.warnings += self_check_warnings(check, exact_input=workload.dataset is None and workload.turns == 1)
+    return point
 
 
 def apply_windows(point: PointResult, warmup_s: float, cooldown_s: float) -> PointResult:
