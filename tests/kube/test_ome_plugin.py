@@ -114,3 +114,18 @@ def test_fake_cluster_script_documented(pytester: pytest.Pytester) -> None:
     script = Path(__file__).with_name("fakecluster.py")
     text = script.read_text()
     assert "--backend=ome" in text and "SGLANG_TUNE_PORT_FORWARD=client" in text
+
+
+def test_two_xdist_workers_deploy_side_by_side_and_leave_nothing(pytester: pytest.Pytester,
+                                                                 fake_cluster: FakeCluster) -> None:
+    grid = "schedule-policy: [lpm, fcfs], chunked-prefill-size: [512, 1024]"
+    pytester.makefile(".yaml", tune_kube=suite_text(grid=grid))
+    result = pytester.runpytest_subprocess("--backend=ome", "-n", "2", "-p", "no:cacheprovider",
+                                           "--sglang-ome-url=tunnel")
+    result.assert_outcomes(passed=4)
+    records = report_of(pytester)["results"]  # one report, written by the controller from both workers' results
+    assert sorted((r["server_args"]["schedule-policy"], r["server_args"]["chunked-prefill-size"]) for r in records) \
+        == [("fcfs", 512), ("fcfs", 1024), ("lpm", 512), ("lpm", 1024)]
+    assert all(r["status"] == "passed" for r in records), [r["reason"] for r in records]
+    assert len(fake_cluster.controller.argv_seen) == 4  # one InferenceService per config, names never clash
+    assert fake_cluster.ours() == []
