@@ -70,14 +70,16 @@ td.config details{max-width:32em;font-size:12px}td.config code{white-space:nowra
 .latency-set{margin-bottom:1em}
 """
 
-# Sorting: click a header (numbers via data-sort; a cell without data-sort sorts last both ways; click again
-# to flip). Filtering: the bar above a results table. Copy buttons: the clipboard, or a text selection.
+# Sorting: click a header (numbers via data-sort; a cell without data-sort sorts last both ways; the first
+# click sorts best-first, data-first="desc" on the th where higher is better; click again to flip).
+# Filtering: the bar above a results table. Copy buttons: the clipboard, or a text selection.
 _JS = r"""
 (function(){
 function cellVal(r,i){var c=r.cells[i];return c&&c.hasAttribute("data-sort")?c.getAttribute("data-sort"):null}
 document.querySelectorAll("table.sortable").forEach(function(t){
  Array.prototype.forEach.call(t.tHead.rows[0].cells,function(th,i){th.addEventListener("click",function(){
-  var asc=th.getAttribute("data-dir")!=="asc",b=t.tBodies[0],rows=Array.prototype.slice.call(b.rows);
+  var cur=th.getAttribute("data-dir"),asc=cur?cur!=="asc":th.getAttribute("data-first")!=="desc",
+   b=t.tBodies[0],rows=Array.prototype.slice.call(b.rows);
   Array.prototype.forEach.call(t.tHead.rows[0].cells,function(h){h.removeAttribute("data-dir")});
   th.setAttribute("data-dir",asc?"asc":"desc");
   var txt=rows.every(function(r){return r.cells[i]&&!r.cells[i].hasAttribute("data-sort")});

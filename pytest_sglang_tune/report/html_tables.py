@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pytest_sglang_tune.errors import GrammarError
-from pytest_sglang_tune.grammar import SLO, parse_slo
+from pytest_sglang_tune.grammar import SLO, parse_metric, parse_slo
 from pytest_sglang_tune.ranking import is_ranked, load_key, load_label, workload_name
 from pytest_sglang_tune.report import flag_text, fmt, metric_columns, slo_texts, varying_flags
 from pytest_sglang_tune.report.html_model import confidence, loads, objective_metric, short_label, workloads
@@ -94,8 +94,23 @@ def _filters(table_id: str, results: list[dict[str, Any]]) -> str:
             '<span class="count" data-count></span></div>')
 
 
+def _first(key: str, maximize: bool) -> str:
+    """A column's first sort direction is best-first: descending for the score of a maximised objective, for
+    metrics where higher is better and for the SLO column (passing first); ascending otherwise."""
+    if key == "score":
+        best_high = maximize
+    elif key == "slo":
+        best_high = True
+    else:
+        try:
+            best_high = parse_metric(key).higher_is_better
+        except GrammarError:  # not a metric column (config, flags, status, ...)
+            best_high = False
+    return ' data-first="desc"' if best_high else ""
+
+
 def results_table(report: Mapping[str, Any], suite: str, results: list[dict[str, Any]], flags: list[str]) -> str:
-    metric, _ = objective_metric(report, suite)
+    metric, maximize = objective_metric(report, suite)
     cols = [str(m) for m in metric_columns(report, suite) if str(m) != metric]
     slos = _parsed_slos(report, suite)
     entries = {(str(e.get("workload")), load_key(e.get("load")), str(e.get("config_id"))): e
@@ -107,7 +122,8 @@ def results_table(report: Mapping[str, Any], suite: str, results: list[dict[str,
     out = [_filters(table_id, results),
            f'<div class="scroll"><table id="{esc(table_id)}" class="results sortable" data-suite="{esc(suite)}">'
            "<thead><tr>",
-           *(f'<th data-key="{esc(k)}">{_breakable(label)}</th>' for k, label in head), "</tr></thead><tbody>"]
+           *(f'<th data-key="{esc(k)}"{_first(k, maximize)}>{_breakable(label)}</th>' for k, label in head),
+           "</tr></thead><tbody>"]
 
     def order(r: dict[str, Any]) -> tuple[Any, ...]:
         e = entries.get((workload_name(r), load_key(r.get("load")), str(r.get("config_id"))))
