@@ -95,12 +95,21 @@ class Engine:
             self._capacity = self.backend.capacity()
         return self._capacity
 
+    def _declared_needs_gpus(self, settings: Mapping[str, Any]) -> bool | None:
+        """The suite's ``needs_gpus``, else what the backend can tell from what it runs (docker: the image's
+        ``org.sglang-tune.needs-gpus`` label), else None."""
+        if settings.get("needs_gpus") is not None:
+            return bool(settings["needs_gpus"])
+        label = getattr(self.backend, "image_needs_gpus", None)
+        return label(settings) if label is not None else None
+
     def needs_gpus(self, settings: Mapping[str, Any]) -> bool:
         """A property of the launcher or image (the sim has virtual GPUs), not of the backend."""
-        return bool(settings.get("needs_gpus", getattr(self.backend, "needs_gpus_default", True)))
+        declared = self._declared_needs_gpus(settings)
+        return declared if declared is not None else bool(getattr(self.backend, "needs_gpus_default", True))
 
     def capacity_problem(self, cfg: TuneConfig, settings: Mapping[str, Any] | None = None) -> str | None:
-        if settings is not None and settings.get("needs_gpus") is False and self.options.gpus is None:
+        if settings is not None and self.options.gpus is None and self._declared_needs_gpus(settings) is False:
             return None  # e.g. a local launcher that runs the sim: host GPUs do not matter
         cap = self.capacity()
         if cfg.gpus > cap.gpus:

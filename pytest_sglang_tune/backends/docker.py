@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,17 @@ class DockerDeployment:
         return redact_text(raw.decode("utf-8", "replace"), extra_secrets=self._secrets)
 
 
+def _needs_gpus_label(attrs: Mapping[str, Any]) -> bool | None:
+    """An image's ``org.sglang-tune.needs-gpus`` label (from ``docker image inspect``) as a bool; None if absent."""
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    return {"true": True, "false": False}.get(str(labels.get(ops.IMAGE_NEEDS_GPUS_LABEL, "")).strip().lower())
+
+
 class DockerBackend:
     """Runs each configuration as a container; see the module docstring."""
 
     name = "docker"
-    needs_gpus_default = True  # a real SGLang image does; the test image's suites say ``needs_gpus: false``
+    needs_gpus_default = True  # a real SGLang image does; an image can say otherwise with a label (below)
 
     def __init__(self, *, gpus: int | None, log_dir: Path, run_id: str, image: str | None = None,
                  fake_gpus: int | None = None, network: str | None = None, hf_cache: str | None = None,
@@ -106,6 +112,7 @@ class DockerBackend:
         self.session_notes: list[str] = []
         self._client: Any = None
         self._pulled: dict[str, dict[str, Any]] = {}
+        self._needs_gpus_label: dict[str, bool | None] = {}
         self._reaper: subprocess.Popen[bytes] | None = None
         self._owner = ops.owner_of_this_process()
         self._lock = threading.Lock()
@@ -149,6 +156,28 @@ class DockerBackend:
         return ops.busy_device_ids(self.client())
 
     # --- start ------------------------------------------------------------------------------------------------
+    def image_needs_gpus(self, settings: Mapping[str, Any]) -> bool | None:
+        """The ``org.sglang-tune.needs-gpus`` label (``"true"``/``"false"``) of the suite's image when the image
+        is already here; None when it is not, has no such label, or no engine answers within two seconds (a
+        capacity decision must not wait for a pull or a remote daemon)."""
+        image = str(self.image or settings.get("image") or "")
+        if not image:
+            return None
+        if image not in self._needs_gpus_label:
+            attrs = self._pulled.get(image)
+            if attrs is None:
+                docker = _docker()
+                try:
+                    client = docker.from_env(timeout=2)
+                    try:
+                        attrs = client.images.get(image).attrs
+                    finally:
+                        client.close()
+                except (docker.errors.DockerException, OSError):  # not here, or no engine: ask again later
+                    return None
+            self._needs_gpus_label[image] = _needs_gpus_label(attrs)
+        return self._needs_gpus_label[image]
+
     def _image_of(self, spec: DeploymentSpec) -> str:
         image = self.image or spec.settings.get("image")
         if not image:
@@ -211,7 +240,10 @@ class DockerBackend:
         attrs = self.ensure_image(image, spec.config_id)
         self._reaper_running()
         s = spec.settings
-        needs_gpus = bool(s.get("needs_gpus", self.needs_gpus_default))
+        needs_gpus = s.get("needs_gpus")
+        if needs_gpus is None:
+            label = _needs_gpus_label(attrs)
+            needs_gpus = self.needs_gpus_default if label is None else label
         network = self.network or str(s.get("network") or "bridge")
         if network not in NETWORKS:
             raise DeployError(f"backends.docker.network={network!r} is not valid; choose one of: "

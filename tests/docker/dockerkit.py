@@ -49,14 +49,14 @@ def wait_none_left(client: Any, timeout: float = 15.0) -> list[str]:
         time.sleep(0.2)
 
 
-def suite_yaml(*, image: str = IMAGE, needs_gpus: bool = False, grid: str = "schedule-policy: [lpm, fcfs]",
+def suite_yaml(*, image: str = IMAGE, needs_gpus: bool | None = False, grid: str = "schedule-policy: [lpm, fcfs]",
                concurrency: str = "[2]", num_requests: str = "[4]", output: int = 16, model: str = "Qwen/Qwen3-8B",
                name: str = "dk") -> str:
     return f"""\
 name: {name}
 model: {{path: {model}, served_name: {name}}}
 backends:
-  docker: {{image: "{image}", needs_gpus: {str(needs_gpus).lower()}}}
+  docker: {{image: "{image}"{"" if needs_gpus is None else f", needs_gpus: {str(needs_gpus).lower()}"}}}
 server:
   fixed: {{enable-metrics: true}}
   grid: {{{grid}}}

@@ -116,3 +116,22 @@ def test_no_image_configured_names_the_setting(pytester: pytest.Pytester, docker
     result.stdout.fnmatch_lines(["*DeployError: suite 'dk': no image for the docker backend; set "
                                  "backends.docker.image in the suite*or --sglang-image*"])
 
+
+
+def test_without_needs_gpus_the_image_label_decides(pytester: pytest.Pytester, docker_client: Any,
+                                                     test_image: str) -> None:
+    # the test image says org.sglang-tune.needs-gpus=false: it runs on this GPU-less host without the setting
+    pytester.makefile(".yaml", tune_dk=suite_yaml(needs_gpus=None, grid="schedule-policy: [lpm]"))
+    result = pytester.runpytest_subprocess("--backend=docker", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1)
+    assert not ours(docker_client)
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    ({"org.sglang-tune.needs-gpus": "false"}, False), ({"org.sglang-tune.needs-gpus": "True"}, True),
+    ({"org.sglang-tune.needs-gpus": "maybe"}, None), ({}, None), (None, None),
+])
+def test_needs_gpus_label(labels: dict[str, str] | None, expected: bool | None) -> None:
+    from pytest_sglang_tune.backends.docker import _needs_gpus_label
+
+    assert _needs_gpus_label({"Config": {"Labels": labels}}) is expected
