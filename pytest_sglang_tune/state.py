@@ -30,6 +30,8 @@ class State:
     report_paths: dict[str, Path] = field(default_factory=dict)
     baseline: dict[Any, dict[str, Any]] | None = None
     introspected: dict[str, Any] = field(default_factory=dict)
+    worker_notes: list[str] = field(default_factory=list)  # xdist: the workers' backend notes, for the summary
+    worker_created: list[Any] = field(default_factory=list)  # xdist: shared objects workers created (to remove)
 
     @property
     def run_dir(self) -> Path:

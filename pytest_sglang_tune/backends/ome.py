@@ -386,6 +386,20 @@ class OmeBackend:
                 break  # something changed: look again
         raise DeployError(f"InferenceService {namespace}/{name} or its pods still exist {timeout:.0f}s after delete")
 
+    def handoff(self) -> list[tuple[str, str, str | None]]:
+        """Give up the runtime/model/namespace this process created, for the xdist controller to remove when the
+        last worker is done (other workers may still deploy against them)."""
+        if self._objects is None:
+            return []
+        created = list(self._objects.created)
+        self._objects.created.clear()
+        return created
+
+    def adopt(self, created: list[tuple[str, str, str | None]]) -> None:
+        """Take over objects that workers created (``handoff``); ``close`` removes them."""
+        self._connect()
+        self._objects.created.extend(tuple(x) for x in created)
+
     def close(self) -> None:
         """Stop what is still live and delete the runtime/model/namespace we created (at session end/exit)."""
         if self._closed:

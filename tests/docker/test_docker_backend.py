@@ -12,6 +12,21 @@ pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.docker
 
 
+def test_under_xdist_the_workers_notes_reach_the_summary(pytester: pytest.Pytester, docker_client: Any,
+                                                          test_image: str) -> None:
+    try:
+        docker_client.images.remove(test_image, force=True)
+    except Exception:
+        pass
+    pytester.makefile(".yaml", tune_dk=suite_yaml())
+    result = pytester.runpytest_subprocess("--backend=docker", "--sglang-fake-gpus=2", "-n", "2",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    # a worker pulled the image; the controller, which deploys nothing, prints the note with the summary
+    result.stdout.fnmatch_lines(["*sglang-tune: top configurations*", f"docker: pulled {test_image} in *"])
+    assert not ours(docker_client)
+
+
 def test_pipeline_pulls_deploys_benchmarks_reports_and_removes(pytester: pytest.Pytester, docker_client: Any,
                                                                 test_image: str) -> None:
     try:  # make the run pull it: real progress, real digest

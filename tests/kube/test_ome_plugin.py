@@ -129,3 +129,22 @@ def test_two_xdist_workers_deploy_side_by_side_and_leave_nothing(pytester: pytes
     assert all(r["status"] == "passed" for r in records), [r["reason"] for r in records]
     assert len(fake_cluster.controller.argv_seen) == 4  # one InferenceService per config, names never clash
     assert fake_cluster.ours() == []
+
+
+def test_under_xdist_the_runtime_and_model_the_run_created_live_until_the_last_worker_is_done(
+        pytester: pytest.Pytester, fake_cluster: FakeCluster) -> None:
+    from fakecluster import test_model, test_runtime
+
+    fake_cluster.store.delete("clusterservingruntimes", "", RUNTIME)
+    fake_cluster.store.delete("clusterbasemodels", "", MODEL)
+    create = (f", create_runtime: {json.dumps(test_runtime()['spec'])},"
+              f" create_model: {json.dumps(test_model()['spec'])}")
+    pytester.makefile(".yaml", tune_kube=suite_text(grid="schedule-policy: [lpm, fcfs, random]", ome=create))
+    result = pytester.runpytest_subprocess("--backend=ome", "-n", "2", "-p", "no:cacheprovider",
+                                           "--sglang-ome-url=tunnel")
+    result.assert_outcomes(passed=3)  # every deploy found the runtime and model (none was removed early)
+    # one worker created them (the other got 409); the controller removed them after both were done, and said so
+    result.stdout.fnmatch_lines(["ome: removed what this run created: ClusterBaseModel qwen3-8b, "
+                                 "ClusterServingRuntime srt-qwen3-8b"])
+    assert fake_cluster.ours() == []
+    assert fake_cluster.store.get("clusterservingruntimes", "", RUNTIME) is None
