@@ -1,7 +1,8 @@
 """A fake Kubernetes API server on 127.0.0.1 for the kube tests: real REST paths and verbs, Status bodies,
 resourceVersion, label/field selectors, merge/strategic/JSON patch, the status subresource, chunked watch
-streams with timeoutSeconds, discovery, pod logs and the ``pods/portforward`` websocket (v4.channel.k8s.io)
-as the kubernetes Python client speaks it. State is in memory; test code plays the controllers.
+streams with timeoutSeconds, discovery, pod logs and ``pods/portforward``: the websocket (v4.channel.k8s.io)
+the kubernetes Python client speaks, and kubectl's SPDY/3.1 upgrade (``fakespdy``). State is in memory; test
+code plays the controllers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from fakespdy import Front
 
 from pytest_sglang_tune.backends.ome_merge import strategic_merge
 
@@ -228,6 +230,8 @@ class FakeApiServer:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
+        self._front_server: asyncio.Server | None = None
+        self.front: Front | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -242,7 +246,12 @@ class FakeApiServer:
             self.loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             self.loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            internal = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            # the public socket: kubectl's SPDY port-forward upgrades are served there, the rest goes to aiohttp
+            self.front = Front(internal, lambda ns, pod: self.pod_ports.get((ns, pod)))
+            self._front_server = self.loop.run_until_complete(
+                asyncio.start_server(self.front.handle, "127.0.0.1", 0))
+            self.port = self._front_server.sockets[0].getsockname()[1]
             ready.set()
             self.loop.run_forever()
             self.loop.close()
@@ -255,6 +264,8 @@ class FakeApiServer:
         if self.loop is not None and self._runner is not None:
             async def shutdown() -> None:
                 assert self._runner is not None
+                if self._front_server is not None:
+                    self._front_server.close()
                 await self._runner.cleanup()   # closes watch streams and tunnels; handlers are cancelled
                 tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
                 for t in tasks:

@@ -1,9 +1,10 @@
 """A fake OME cluster (API server + OME controller) for the kube tests, and as a script for manual runs:
 
     python tests/kube/fakecluster.py --gpus 4 4 --kubeconfig /tmp/fake-kubeconfig
-    KUBECONFIG=/tmp/fake-kubeconfig SGLANG_TUNE_PORT_FORWARD=client pytest suites/ --backend=ome --gpus=4
+    KUBECONFIG=/tmp/fake-kubeconfig pytest suites/ --backend=ome --gpus=4
 
-(kubectl's port-forward speaks SPDY, which the fake does not: use the client's port-forward against it.)
+The port-forward is kubectl's when kubectl is on the PATH (the fake API server speaks its SPDY/3.1 upgrade),
+else the kubernetes client's websocket one; SGLANG_TUNE_PORT_FORWARD=client or =kubectl picks one.
 """
 
 from __future__ import annotations

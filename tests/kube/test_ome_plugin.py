@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def test_sigint_while_starting_leaves_nothing(pytester: pytest.Pytester, fake_cl
 def test_fake_cluster_script_documented(pytester: pytest.Pytester) -> None:
     script = Path(__file__).with_name("fakecluster.py")
     text = script.read_text()
-    assert "--backend=ome" in text and "SGLANG_TUNE_PORT_FORWARD=client" in text
+    assert "--backend=ome" in text and "SGLANG_TUNE_PORT_FORWARD=client or =kubectl" in text
 
 
 def test_two_xdist_workers_deploy_side_by_side_and_leave_nothing(pytester: pytest.Pytester,
@@ -148,3 +149,28 @@ def test_under_xdist_the_runtime_and_model_the_run_created_live_until_the_last_w
                                  "ClusterServingRuntime srt-qwen3-8b"])
     assert fake_cluster.ours() == []
     assert fake_cluster.store.get("clusterservingruntimes", "", RUNTIME) is None
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on the PATH: the kubectl port-forward "
+                    "path cannot run here (the client port-forward is tested above)")
+def test_kubectl_port_forward_end_to_end(pytester: pytest.Pytester, fake_cluster: FakeCluster,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # the real kubectl binary against the fake API server's SPDY/3.1 pods/portforward (after its websocket
+    # attempt is refused, as by an API server older than 1.30)
+    monkeypatch.setenv("SGLANG_TUNE_PORT_FORWARD", "kubectl")
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    result = pytester.runpytest_subprocess("--backend=ome", "--gpus=4", "-p", "no:cacheprovider",
+                                           "--sglang-ome-url=tunnel")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*ome: endpoint reached through a port-forward tunnel*"])
+    front = fake_cluster.api.front
+    assert front is not None and front.upgrades >= 2  # one kubectl per config, each its SPDY connection
+    # the streams kubectl opened, decoded: an error and a data stream per forwarded connection, for port 8080
+    types = [h.get("streamtype") for h in front.headers_seen]
+    assert types.count("error") == types.count("data") > 0
+    assert {h.get("port") for h in front.headers_seen} == {"8080"}
+    for r in report_of(pytester)["results"]:
+        assert r["status"] == "passed" and r["metrics"]["completed"] == 4, r
+    assert fake_cluster.ours() == []
+    leftover = subprocess.run(["pgrep", "-f", "kubectl.*port-forward"], capture_output=True, text=True).stdout
+    assert not leftover.strip(), f"kubectl port-forward processes left running: {leftover}"
