@@ -22,7 +22,7 @@ from pytest_sglang_tune.collector import ResultCollector, finish_pending
 from pytest_sglang_tune.items import SuiteFile, SuiteItem, _config_key, load_resume, resume_key
 from pytest_sglang_tune.options import parse_options
 from pytest_sglang_tune.results import now_iso
-from pytest_sglang_tune.state import STATE, State, get_engine, get_state
+from pytest_sglang_tune.state import STATE, State, finish_backend, get_engine, get_state
 
 SUITE_PATTERNS = ("tune_*.yaml", "tune_*.yml")
 
@@ -145,36 +145,11 @@ class _XdistHooks:
         node.workerinput["sglang_tune_started_at"] = st.started_at
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """A worker is done: keep its backend notes and the shared objects it created (see ``_finish_backend``)."""
+        """A worker is done: keep its backend notes and the shared objects it created (see ``state.finish_backend``)."""
         st = get_state(node.config)
         out = (getattr(node, "workeroutput", None) or {}).get("sglang_tune") or {}
         st.worker_notes += [n for n in out.get("notes", ()) if n not in st.worker_notes]
         st.worker_created += [tuple(x) for x in out.get("created", ())]
-
-
-def _finish_backend(config: pytest.Config) -> None:
-    """Stop the live server and release what the backend holds, at the end of this process's session.
-
-    Objects shared by the whole run (an OME runtime, model or namespace the plugin created) are removed only when
-    the run is over: an xdist worker hands them, with its notes, to the controller (``workeroutput``), which
-    removes them after the last worker is done; without xdist this process does it now."""
-    st = get_state(config)
-    backend = st.engine.backend if st.engine is not None else None
-    if st.engine is not None:
-        st.engine.shutdown()
-    workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker
-        handoff = getattr(backend, "handoff", None)
-        workeroutput["sglang_tune"] = {"notes": list(getattr(backend, "session_notes", None) or ()),
-                                       "created": handoff() if handoff is not None else []}
-        return
-    if st.worker_created:
-        backend = get_engine(config).backend
-        backend.adopt(st.worker_created)  # type: ignore[attr-defined]  # only backends that hand objects off
-        st.worker_created = []
-    close = getattr(backend, "close", None)
-    if close is not None:
-        close()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -233,7 +208,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     st = get_state(config)
-    _finish_backend(config)
+    finish_backend(config)
     if not st.controller:
         return
     for nodeid in list(st.pending):  # interrupted mid-test: keep what we know

@@ -52,3 +52,28 @@ def get_engine(config: pytest.Config) -> Engine:
                                                               gpus=st.options.gpus)
         st.engine = Engine(options=st.options, run_id=st.run_id, backend=backend, lease_dir=st.lease_dir)
     return st.engine
+
+
+def finish_backend(config: pytest.Config) -> None:
+    """Stop the live server and release what the backend holds, at the end of this process's session.
+
+    Objects shared by the whole run (an OME runtime, model or namespace the plugin created) are removed only when
+    the run is over: an xdist worker hands them, with its notes, to the controller (``workeroutput``), which
+    removes them after the last worker is done; without xdist this process does it now."""
+    st = get_state(config)
+    backend = st.engine.backend if st.engine is not None else None
+    if st.engine is not None:
+        st.engine.shutdown()
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        handoff = getattr(backend, "handoff", None)
+        workeroutput["sglang_tune"] = {"notes": list(getattr(backend, "session_notes", None) or ()),
+                                       "created": handoff() if handoff is not None else []}
+        return
+    if st.worker_created:
+        backend = get_engine(config).backend
+        backend.adopt(st.worker_created)  # type: ignore[attr-defined]  # only backends that hand objects off
+        st.worker_created = []
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
