@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import sys
 import time
 
 from pytest_sglang_tune.loadgen.samples import RequestSample
@@ -29,7 +30,8 @@ clock = time.perf_counter
 _HEAD, _BODY, _DONE = 0, 1, 2
 _CHUNKED, _LENGTH, _UNTIL_CLOSE = 0, 1, 2
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if hasattr(socket, "SO_PEERSEC") else None)  # Linux only
+# Linux's SO_TIMESTAMPNS (asm-generic value 35; Python's socket module does not name it); elsewhere: none
+SO_TIMESTAMPNS: int | None = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None)
 _CMSG = socket.CMSG_SPACE(16)
 _TIMESPEC = struct.Struct("qq")
 
