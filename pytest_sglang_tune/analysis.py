@@ -5,39 +5,22 @@
   when the suite has none). A point is on the front when no other point is at least as good on both and better
   on one.
 * **Highest sustained load** per config: the largest load level of a workload at which it met every SLO.
-* **Ties**: with repeats, a result carries a confidence interval of the objective; ranked configs whose interval
-  overlaps the best one's are marked ``tied`` with it rather than pretending an order.
-* **Confidence intervals**: Student's t, 95 %, over the repeats' values (``confidence_interval``).
+* **Best per load**: every rank-1 entry of the ranking (several when tied: the tie rule lives in ``ranking``).
+* **Repeats**: ``combine_repeats`` averages the repeats' metrics; ``repeat_confidence`` gives Student-t
+  intervals over them (``stats``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytest_sglang_tune.grammar import DISTRIBUTION_METRICS, Objective, parse_metric, parse_slo
+from pytest_sglang_tune.grammar import DISTRIBUTION_METRICS, parse_metric, parse_slo
 from pytest_sglang_tune.ranking import load_key, workload_name
+from pytest_sglang_tune.stats import student_t_interval
 
 X_METRIC = "output_throughput_per_gpu"
 DEFAULT_Y = "ttft_ms.p99"
-CONFIDENCE_METHOD = "Student's t, 95% two-sided, over repeats"
-# two-sided 97.5 % quantiles of Student's t for df = 1..30
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
-
-
-def confidence_interval(values: Sequence[float]) -> tuple[float, float] | None:
-    """95 % t interval of the mean; None for fewer than 2 values."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-    half = t * sd / math.sqrt(n)
-    return (mean - half, mean + half)
 
 
 def latency_metric(slos: Sequence[str]) -> str:
@@ -88,8 +71,10 @@ def pareto(results: Sequence[Mapping[str, Any]], suites: Mapping[str, Mapping[st
 
 
 def best_per_load(ranking: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank-1 entry (several per load when they are tied)."""
     return [{"suite": e.get("suite"), "workload": e.get("workload"), "load": e.get("load"),
-             "config_id": e.get("config_id"), "score": e.get("score"), "slo_pass": e.get("slo_pass")}
+             "config_id": e.get("config_id"), "score": e.get("score"), "slo_pass": e.get("slo_pass"),
+             "tied": bool(e.get("tied"))}
             for e in ranking if e.get("rank") == 1]
 
 
@@ -105,52 +90,14 @@ def max_sustained_load(results: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return [{"suite": s, "workload": w, "config_id": c, "load": load} for (s, w, c), load in sorted(best.items())]
 
 
-def mark_ties(ranking: list[dict[str, Any]], results: Sequence[Mapping[str, Any]],
-              objectives: Mapping[str, Objective]) -> None:
-    """Mark ranked entries whose objective interval overlaps the best's (same suite × workload × load)."""
-    by_key = {(str(r.get("suite")), workload_name(r), load_key(r.get("load")), str(r.get("config_id"))): r
-              for r in results}
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for e in ranking:
-        groups.setdefault((e.get("suite"), e.get("workload"), load_key(e.get("load"))), []).append(e)
-    for (suite, wname, lk), entries in groups.items():
-        obj = objectives.get(str(suite))
-        if obj is None:
-            continue
-        entries.sort(key=lambda e: e.get("rank") or 0)
-        best = entries[0]
-        best_ci = _ci(by_key.get((str(suite), str(wname), lk, str(best.get("config_id")))), str(obj.metric))
-        if best_ci is None:
-            continue
-        for e in entries[1:]:
-            if not e.get("slo_pass") == best.get("slo_pass"):
-                continue
-            ci = _ci(by_key.get((str(suite), str(wname), lk, str(e.get("config_id")))), str(obj.metric))
-            if ci is not None and ci[0] <= best_ci[1] and best_ci[0] <= ci[1]:
-                e["tied"] = True
-                best["tied"] = True
-
-
-def _ci(result: Mapping[str, Any] | None, metric: str) -> tuple[float, float] | None:
-    if not result:
-        return None
-    ci = (result.get("confidence") or {}).get(metric)
-    if isinstance(ci, Sequence) and len(ci) == 2:
-        return float(ci[0]), float(ci[1])
-    return None
-
-
-def analyse(report: dict[str, Any], objectives: Mapping[str, Objective]) -> None:
-    """Add ``analysis`` (and ``tied`` marks in the ranking) to a report dict, in place."""
+def analyse(report: dict[str, Any]) -> None:
+    """Add ``analysis`` to a report dict, in place."""
     results = report.get("results") or []
-    mark_ties(report.get("ranking") or [], results, objectives)
     report["analysis"] = {
         "pareto": pareto(results, report.get("suites") or {}),
         "best_per_load": best_per_load(report.get("ranking") or []),
         "max_sustained_load": max_sustained_load(results),
     }
-    if any(r.get("confidence") for r in results):
-        report["confidence_method"] = CONFIDENCE_METHOD
 
 
 def combine_repeats(blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -175,7 +122,7 @@ def repeat_confidence(blocks: Sequence[Mapping[str, Any]], metrics: Sequence[str
     for name in dict.fromkeys(metrics):
         m = parse_metric(name)
         values = [v for v in (m.value(b) for b in blocks) if v is not None]
-        ci = confidence_interval(values)
+        ci = student_t_interval(values)
         if ci is not None and len(values) == len(blocks):
             out[name] = [round(ci[0], 6), round(ci[1], 6)]
     return out

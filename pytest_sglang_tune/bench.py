@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pytest_sglang_tune.loadgen.workload import FROM_DATASET, Load, SharedPrefix, Workload, parse_scenario
     from pytest_sglang_tune.metrics import summarize
     from pytest_sglang_tune.report.json import dumps
-    from pytest_sglang_tune.results import atomic_write_text, build_report, machine_info, new_run_id, now_iso
+    from pytest_sglang_tune.report.store import atomic_write_text, build_report, machine_info, new_run_id, now_iso
 
     try:
         inp, out = parse_scenario(args.scenario or "D(128,32)")

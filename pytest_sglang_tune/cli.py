@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from pytest_sglang_tune.report.html import render_html
-    from pytest_sglang_tune.results import REPORT_HTML, ReportError, atomic_write_text, load_report
+    from pytest_sglang_tune.report.store import REPORT_HTML, ReportError, atomic_write_text, load_report
 
     try:
         report = load_report(args.report)
@@ -96,7 +96,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_diff(args: argparse.Namespace) -> int:
     from pytest_sglang_tune import diff
     from pytest_sglang_tune.errors import GrammarError
-    from pytest_sglang_tune.results import ReportError, atomic_write_text, load_report
+    from pytest_sglang_tune.report.store import ReportError, atomic_write_text, load_report
 
     try:
         thresholds = [diff.parse_threshold(t) for t in args.fail_on]

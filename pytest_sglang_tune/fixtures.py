@@ -20,9 +20,6 @@ from typing import Any
 
 import pytest
 
-from pytest_sglang_tune.engine import RESULT_KEY, base_record, deployment_fields
-from pytest_sglang_tune.redact import redact
-
 
 @dataclass(frozen=True)
 class Server:
@@ -45,15 +42,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: the sglang_server / sglang_bench fixtures need a "
                                 "@pytest.mark.sglang_tune(model=..., server=...) marker on the test")
+    from pytest_sglang_tune.items import check_priced
+    from pytest_sglang_tune.session import get_session
     from pytest_sglang_tune.space import expand
     from pytest_sglang_tune.suite import suite_from_data
 
     data = dict(marker.kwargs)
     data.setdefault("name", metafunc.definition.originalname)
-    from pytest_sglang_tune.state import get_state
-
-    suite = get_state(metafunc.config).options.apply(
+    suite = get_session(metafunc.config).options.apply(
         suite_from_data(data, Path(str(metafunc.definition.path)), require_workloads=False))
+    check_priced(suite)
     exp = expand(suite)
     configs = list(exp.configs)
     metafunc.config.hook.pytest_sglang_tune_modify_space(config=metafunc.config, suite=suite, configs=configs)
@@ -70,13 +68,14 @@ def sglang_config(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def sglang_server(request: pytest.FixtureRequest, sglang_config: Any) -> Server:
     """A ready SGLang server for the test's configuration, shared by the consecutive tests of that config."""
-    from pytest_sglang_tune.state import get_engine, get_state
+    from pytest_sglang_tune.session import get_session
 
     suite, cfg, table = sglang_config
-    engine = get_engine(request.config)
-    problem = engine.capacity_problem(cfg, suite.backend_settings(get_state(request.config).options.backend))
+    session = get_session(request.config)
+    engine = session.engine
+    problem = engine.capacity_problem(cfg, suite.backend_settings(session.options.backend))
     if problem:
-        if get_state(request.config).options.require_capacity:
+        if session.options.require_capacity:
             pytest.fail(problem + " (--sglang-require-capacity)", pytrace=False)
         pytest.skip(problem)
     live = engine.ensure(suite, cfg, table)
@@ -89,11 +88,13 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
 
     Runs one point against ``sglang_server`` and records it like a YAML suite's point (report, ranking).
     """
+    from pytest_sglang_tune.items import RESULTS
     from pytest_sglang_tune.loadgen.workload import Load, Workload, parse_scenario
-    from pytest_sglang_tune.state import get_engine, get_state
+    from pytest_sglang_tune.points import interval_seed, new_result, wanted_metrics, with_deployment, with_measurement
+    from pytest_sglang_tune.session import get_session
 
     suite, cfg, _table = sglang_config
-    engine = get_engine(request.config)
+    session = get_session(request.config)
     counter = {"n": 0}
 
     def bench(scenario: str | Workload, *, concurrency: int | None = None, request_rate: float | None = None,
@@ -109,17 +110,16 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
             concurrency = 1
         load = Load(concurrency=concurrency, request_rate=request_rate)
         wl = replace(wl, loads=(load,))
-        live = engine.live
+        live = session.engine.live
         assert live is not None, "sglang_server is not deployed"
-        rec = base_record(nodeid=request.node.nodeid, display_id=request.node.name, suite=suite, cfg=cfg,
-                          workload=wl, load=load, backend=get_state(request.config).options.backend,
-                          sglang_version=live.sglang_version or "")
-        rec.update(redact(deployment_fields(live)))
-        measured = engine.measure(live, wl, load, suite.slos, cfg.gpus)
-        from pytest_sglang_tune.items import fill_metrics
-
-        fill_metrics(rec, measured, suite, cfg.gpus)
-        request.node.user_properties.append((RESULT_KEY, rec))
-        return dict(measured["metrics"])
+        result = new_result(nodeid=request.node.nodeid, display_id=request.node.name, suite=suite, cfg=cfg,
+                            workload=wl, load=load, backend=session.options.backend,
+                            sglang_version=live.sglang_version or "")
+        result = with_deployment(result, live)
+        measured = session.engine.measure(live, wl, load, suite.slos, cfg.gpus, wanted=wanted_metrics(suite),
+                                          seed=interval_seed(result.point))
+        result = with_measurement(result, measured, suite, cfg.gpus)
+        request.node.stash[RESULTS] = [*request.node.stash.get(RESULTS, []), result]
+        return dict(result.metrics or {})
 
     return bench

@@ -8,15 +8,20 @@ import pytest
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_sglang_tune_make_backend(config: pytest.Config, name: str, gpus: int | None) -> Any:
-    """Return the Backend for ``--backend=name`` (first non-None result wins; the built-in one runs last).
+def pytest_sglang_tune_make_backend(config: pytest.Config, name: str, gpus: int | None, context: Any) -> Any:
+    """Return the backend for ``--backend=name`` (first non-None result wins; the built-in registry runs last).
+
+    A backend subclasses ``pytest_sglang_tune.backends.base.Backend`` (or just has its four required members:
+    ``name``, ``capacity``, ``start``, ``stop``). ``context`` is a ``BackendContext``: the parsed options, the run
+    id, the log directory, the xdist worker id and a progress callback. Any name a conftest returns a backend
+    for is a valid ``--backend``.
 
     Example ``conftest.py``::
 
-        def pytest_sglang_tune_make_backend(config, name, gpus):
-            if name == "local":
-                from pytest_sglang_tune.backends.local import LocalBackend
-                return LocalBackend(gpus=gpus, launcher="/opt/venvs/sglang/bin/python -m sglang.launch_server")
+        def pytest_sglang_tune_make_backend(config, name, gpus, context):
+            if name == "mycloud":
+                from mycloud_backend import MyCloudBackend
+                return MyCloudBackend(gpus=gpus, log_dir=context.log_dir)
     """
 
 

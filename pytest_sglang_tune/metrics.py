@@ -19,6 +19,7 @@ Definitions (warmup samples are left out of everything; "completed" means the st
   the request's p95 ITL). A request with no value for a metric (one output token: no ITL, no TPOT) cannot
   violate that SLO. Aggregate SLOs (error rate, throughputs) do not enter goodput. Without per-request SLOs
   goodput equals ``request_throughput``.
+* ``itl_samples``: how many inter-token gaps ``itl_ms`` rests on (a p99 needs at least 100).
 * ``error_rate``: failed / measured requests (None when nothing was measured); ``errors``: failures by class.
 * ``self_check``: requested vs served token means and how many requests differ, to catch a server (or a
   workload) that does not produce the lengths asked for; a difference becomes a warning of the point
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pytest_sglang_tune.grammar import SLO
@@ -200,6 +201,75 @@ def summarize(point: PointResult, *, gpus: int, slos: Sequence[SLO] = ()) -> dic
         "errors": dict(sorted(Counter(s.error or "incomplete" for s in measured if not s.ok).items())),
         "duration_s": duration,
         "tpot_excluded": tpot_excluded,
+        "itl_samples": len(itl),
         "self_check": self_check(ok),
         "client_cpu_util": point.client_cpu_util,
     }
+
+
+# --- 95 % intervals of one point (repeats = 1; see stats) ----------------------------------------------------------
+
+_PER_REQUEST_SECONDS = {"ttft_ms": "ttft_s", "e2e_ms": "e2e_s", "tpot_ms": "tpot_s"}
+_RATES = ("output_throughput", "output_throughput_per_gpu", "input_throughput", "request_throughput", "goodput")
+
+
+def _rate_events(name: str, ok: Sequence[RequestSample], slos: Sequence[SLO]) -> list[tuple[float, float]]:
+    """(time, amount) of what a rate metric counts: output tokens as they arrive, input tokens at the first
+    token, requests (good ones for goodput) when they end."""
+    if name in ("output_throughput", "output_throughput_per_gpu"):
+        events: list[tuple[float, float]] = []
+        for s in ok:
+            if s.first_token is not None:
+                events.append((s.first_token, 1.0))
+            events.extend((t, float(k)) for t, k in zip(s.chunk_times, s.chunk_tokens, strict=True) if k > 0)
+        return events
+    if name == "input_throughput":
+        return [(s.first_token, float(s.input_tokens if s.input_tokens is not None else s.requested_input_tokens))
+                for s in ok if s.first_token is not None]
+    per_request = [slo for slo in slos if slo.per_request]
+    return [(s.done, 1.0) for s in ok if s.done is not None
+            and (name == "request_throughput" or meets_slos(s, per_request))]
+
+
+def point_intervals(point: PointResult, wanted: Sequence[str], *, gpus: int, slos: Sequence[SLO] = (),
+                    seed: int = 0) -> tuple[dict[str, list[float]], dict[str, Any] | None]:
+    """95 % intervals of the ``wanted`` metrics from one point's own requests: bootstrap over requests for
+    latency statistics and the error rate, batch means over the window for rates (module ``stats``).
+    Returns ``({metric: [lo, hi]}, {method, seed, resamples, batches})`` (None when nothing could be had)."""
+    from pytest_sglang_tune.grammar import parse_metric
+    from pytest_sglang_tune.stats import (
+        BATCHES,
+        BOOTSTRAP_RESAMPLES,
+        METHOD_SINGLE,
+        batch_means_interval,
+        bootstrap_interval,
+    )
+
+    measured = [s for s in point.samples if not s.warmup]
+    ok = [s for s in measured if s.ok]
+    out: dict[str, list[float]] = {}
+    for name in dict.fromkeys(wanted):
+        metric = parse_metric(name)
+        ci = None
+        if metric.name in _PER_REQUEST_SECONDS:
+            groups = [[v * 1000.0] for s in ok if (v := getattr(s, _PER_REQUEST_SECONDS[metric.name])) is not None]
+            ci = bootstrap_interval(groups, metric.stat or "mean", seed=seed)
+        elif metric.name == "itl_ms":
+            ci = bootstrap_interval([[x * 1000.0 for x in s.itl_s()] for s in ok], metric.stat or "mean", seed=seed)
+        elif metric.name == "error_rate":
+            ci = bootstrap_interval([[0.0 if s.ok else 1.0] for s in measured], "mean", seed=seed)
+        elif metric.name in _RATES:
+            scale = 1.0 / gpus if metric.name == "output_throughput_per_gpu" else 1.0
+            ci = batch_means_interval(_rate_events(metric.name, ok, slos), point.started, point.finished,
+                                      scale=scale)
+        if ci is not None:
+            out[name] = [round(ci[0], 6), round(ci[1], 6)]
+    method = {"method": METHOD_SINGLE, "seed": seed, "resamples": BOOTSTRAP_RESAMPLES, "batches": BATCHES}
+    return out, (method if out else None)
+
+
+def sample_counts(metrics: Mapping[str, Any]) -> dict[str, int]:
+    """Samples behind each distribution metric of a metrics block (for ``stats.sample_size_warnings``)."""
+    completed = int(metrics.get("completed") or 0)
+    return {"ttft_ms": completed, "e2e_ms": completed, "tpot_ms": completed - int(metrics.get("tpot_excluded") or 0),
+            "itl_ms": int(metrics.get("itl_samples") or 0)}

@@ -1,15 +1,70 @@
-"""Command-line and ini options → ``Options``: one parse function per option, errors that teach."""
+"""Command-line and ini options → ``Options``: one parse function per option, errors that teach.
+
+``Options`` is the parsed settings object of a run. Backends receive it (inside a ``BackendContext``) and never
+call ``config.getoption`` themselves, so the ini fallback and the validation here apply to every backend.
+Precedence: command line > ini > default.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_sglang_tune.engine import Options
+from pytest_sglang_tune.stats import DEFAULT_TIE_MARGIN
 
-BACKEND_NAMES = ("sim", "local", "docker", "ome")
+_BACKEND_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a run was asked to do, validated."""
+
+    backend: str = "sim"
+    gpus: int | None = None
+    report_dir: Path = Path("reports")
+    strict_slo: bool = False
+    require_capacity: bool = False
+    ready_timeout: float | None = None
+    launcher: str | None = None
+    slos: tuple[Any, ...] | None = None       # --sglang-slo: replaces every suite's SLOs
+    objective: Any = None                     # --sglang-objective
+    gpu_hour_price: float | None = None
+    baseline: Path | None = None
+    fail_on: tuple[Any, ...] = ()
+    allow_different: bool = False             # --sglang-allow-different: compare with a baseline of another setup
+    tie_margin: float = DEFAULT_TIE_MARGIN
+    loadgen_procs: int = 1
+    repeats: int | None = None
+    resume: str | None = None
+    benchmark_json: Path | None = None
+    benchmark_autosave: bool = False
+    # docker
+    image: str | None = None
+    fake_gpus: int | None = None
+    docker_network: str | None = None
+    hf_cache: str | None = None
+    # ome
+    kubeconfig: str | None = None
+    namespace: str | None = None
+    ome_url: str = "auto"
+    sweep: bool = False
+
+    def apply(self, suite: Any) -> Any:
+        """The suite as this run sees it: command-line SLOs/objective/price/repeats override the suite's."""
+        changes: dict[str, Any] = {}
+        if self.slos is not None:
+            changes["slos"] = self.slos
+        if self.objective is not None:
+            changes["objective"] = self.objective
+        if self.gpu_hour_price is not None:
+            changes["gpu_hour_price"] = self.gpu_hour_price
+        if self.repeats is not None:
+            changes["repeats"] = self.repeats
+        return replace(suite, **changes) if changes else suite
 
 
 def _opt(config: pytest.Config, name: str, ini: str | None = None) -> Any:
@@ -19,23 +74,30 @@ def _opt(config: pytest.Config, name: str, ini: str | None = None) -> Any:
     return v
 
 
-def parse_backend(value: str) -> str:
-    if value not in BACKEND_NAMES:
-        raise pytest.UsageError(f"--backend={value!r} is not a valid backend. Valid backends: "
-                                f"{', '.join(BACKEND_NAMES)}.")
-    return value
+def parse_backend(value: str, known: tuple[str, ...], extensible: bool) -> str:
+    """A backend name: a built-in one, or any well-formed name when a plugin implements
+    ``pytest_sglang_tune_make_backend`` (it is then checked when the backend is made)."""
+    if value in known or (extensible and _BACKEND_NAME.match(value)):
+        return value
+    raise pytest.UsageError(f"--backend={value!r} is not a valid backend. Valid backends: {', '.join(known)}"
+                            + (" (or one a plugin provides through pytest_sglang_tune_make_backend)."
+                               if extensible else "."))
 
 
-def parse_gpus(value: Any) -> int | None:
+def _whole(value: Any, option: str, *, minimum: int = 0, what: str = "a whole number of GPUs") -> int | None:
     if value in (None, ""):
         return None
     try:
         n = int(value)
     except (TypeError, ValueError):
-        n = -1
-    if n < 0:
-        raise pytest.UsageError(f"--gpus={value!r} is not valid: give a whole number of GPUs >= 0.")
+        n = minimum - 1
+    if n < minimum:
+        raise pytest.UsageError(f"{option}={value!r} is not valid: give {what} >= {minimum}.")
     return n
+
+
+def parse_gpus(value: Any) -> int | None:
+    return _whole(value, "--gpus")
 
 
 def parse_timeout(value: Any) -> float | None:
@@ -48,6 +110,21 @@ def parse_timeout(value: Any) -> float | None:
     if t <= 0:
         raise pytest.UsageError(f"--sglang-ready-timeout={value!r} is not valid: give seconds > 0.")
     return t
+
+
+def parse_tie_margin(value: Any) -> float:
+    """``2%`` or ``0.02`` → 0.02; between 0 and 50 %."""
+    if value in (None, ""):
+        return DEFAULT_TIE_MARGIN
+    text = str(value).strip()
+    try:
+        margin = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        margin = -1.0
+    if not 0.0 <= margin <= 0.5:
+        raise pytest.UsageError(f"--sglang-tie-margin={value!r} is not valid: give a share between 0 and 50%, "
+                                "e.g. 2% or 0.02.")
+    return margin
 
 
 def parse_grammar_options(config: pytest.Config) -> dict[str, Any]:
@@ -81,27 +158,107 @@ def parse_grammar_options(config: pytest.Config) -> dict[str, Any]:
             raise pytest.UsageError(f"--sglang-baseline={baseline!r}: no such report file.")
     elif out["fail_on"]:
         raise pytest.UsageError("--sglang-fail-on needs --sglang-baseline=REPORT.json to compare against.")
-    repeats = config.getoption("sglang_repeats")
+    repeats = _whole(config.getoption("sglang_repeats"), "--sglang-repeats", minimum=1, what="a number")
     if repeats is not None:
-        if repeats < 1:
-            raise pytest.UsageError(f"--sglang-repeats={repeats} is not valid: give 1 or more.")
         out["repeats"] = repeats
-    procs = config.getoption("sglang_loadgen_procs")
+    procs = _whole(config.getoption("sglang_loadgen_procs"), "--sglang-loadgen-procs", minimum=1, what="a number")
     if procs is not None:
-        if procs < 1:
-            raise pytest.UsageError(f"--sglang-loadgen-procs={procs} is not valid: give 1 or more.")
         out["loadgen_procs"] = procs
     return out
 
 
-def parse_options(config: pytest.Config) -> Options:
+def parse_options(config: pytest.Config, known_backends: tuple[str, ...], extensible: bool) -> Options:
+    bench_json = config.getoption("sglang_benchmark_json")
     return Options(
         **parse_grammar_options(config),
-        backend=parse_backend(str(_opt(config, "sglang_backend", "sglang_backend") or "sim")),
+        backend=parse_backend(str(_opt(config, "sglang_backend", "sglang_backend") or "sim"), known_backends,
+                              extensible),
         gpus=parse_gpus(_opt(config, "sglang_gpus", "sglang_gpus")),
         report_dir=Path(str(_opt(config, "sglang_report_dir", "sglang_report_dir") or "reports")),
         strict_slo=bool(_opt(config, "sglang_strict_slo", "sglang_strict_slo")),
         require_capacity=bool(config.getoption("sglang_require_capacity")),
         ready_timeout=parse_timeout(_opt(config, "sglang_ready_timeout", "sglang_ready_timeout")),
         launcher=config.getoption("sglang_launcher"),
+        allow_different=bool(config.getoption("sglang_allow_different")),
+        tie_margin=parse_tie_margin(_opt(config, "sglang_tie_margin", "sglang_tie_margin")),
+        resume=config.getoption("sglang_resume"),
+        benchmark_json=Path(bench_json) if bench_json else None,
+        benchmark_autosave=bool(config.getoption("sglang_benchmark_autosave")),
+        image=config.getoption("sglang_image"),
+        fake_gpus=_whole(config.getoption("sglang_fake_gpus"), "--sglang-fake-gpus"),
+        docker_network=config.getoption("sglang_docker_network"),
+        hf_cache=config.getoption("sglang_hf_cache"),
+        kubeconfig=config.getoption("sglang_kubeconfig"),
+        namespace=config.getoption("sglang_namespace"),
+        ome_url=config.getoption("sglang_ome_url") or "auto",
+        sweep=bool(config.getoption("sglang_sweep")),
     )
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Every option and ini key of the plugin (``--backend`` and ``--gpus`` as the design card spells them)."""
+    g = parser.getgroup("sglang-tune", "SGLang tuning (pytest-sglang-tune)")
+    g.addoption("--backend", dest="sglang_backend", default=None,
+                help="where suites deploy SGLang: sim (default), local, docker, ome, or one a plugin adds")
+    g.addoption("--gpus", dest="sglang_gpus", default=None,
+                help="GPUs the whole run may use at once (default: sim 8 virtual; local/docker: detected)")
+    g.addoption("--sglang-report-dir", default=None, help="where reports/<run-id>/ go (default: reports)")
+    g.addoption("--sglang-strict-slo", action="store_true", default=None,
+                help="fail tests whose point misses an SLO (default: record slo_pass=false and rank it infeasible)")
+    g.addoption("--sglang-require-capacity", action="store_true", default=None,
+                help="configs that need more GPUs than available are errors instead of skips")
+    g.addoption("--sglang-ready-timeout", default=None,
+                help="seconds to wait for a server to become ready (default: sim 120, others 1800)")
+    g.addoption("--sglang-launcher", default=None,
+                help="local backend: the launcher command (default: 'python -m sglang.launch_server')")
+    g.addoption("--sglang-slo", action="append", default=None, metavar="SLO",
+                help="an SLO ('ttft_ms.p99 <= 2000'); repeat for several; replaces every suite's SLOs")
+    g.addoption("--sglang-objective", default=None, metavar="OBJECTIVE",
+                help="'maximize: <metric>' or 'minimize: <metric>'; replaces every suite's objective")
+    g.addoption("--sglang-gpu-hour-price", default=None, metavar="USD",
+                help="price of one GPU-hour, for the cost_per_mtok metric (overrides the suite's gpu_hour_price)")
+    g.addoption("--sglang-baseline", default=None, metavar="REPORT.json",
+                help="compare each point with this earlier report (refused when the setups differ, as "
+                     "sglang-tune diff does); with --sglang-fail-on, regressions fail")
+    g.addoption("--sglang-fail-on", action="append", default=None, metavar="METRIC:±N%",
+                help="with --sglang-baseline: fail a test whose metric moves past N%% ('output_throughput:-5%%')")
+    g.addoption("--sglang-allow-different", action="store_true", default=False,
+                help="with --sglang-baseline: compare even when backend, GPUs, model, perf model or workload "
+                     "content differ (each difference becomes a warning of the point)")
+    g.addoption("--sglang-tie-margin", default=None, metavar="SHARE",
+                help="configs closer than this are tied (default 2%%: run-to-run noise on real GPUs)")
+    g.addoption("--sglang-benchmark-json", default=None, metavar="PATH",
+                help="also write the results in pytest-benchmark's JSON format (stats from per-request E2E)")
+    g.addoption("--sglang-benchmark-autosave", action="store_true", default=False,
+                help="also save into .benchmarks/<machine>/NNNN_<name>.json as pytest-benchmark does")
+    g.addoption("--sglang-resume", default=None, metavar="RESULTS",
+                help="skip points already measured (passed) in an earlier run's results.jsonl (or its run "
+                     "directory) with the same key, and merge them into this run's report")
+    g.addoption("--sglang-repeats", default=None, metavar="N",
+                help="measure each point N times (overrides the suite's repeats); results get 95%% intervals")
+    g.addoption("--sglang-loadgen-procs", default=None,
+                help="load generator processes per point (default 1; more when one core cannot keep up)")
+    d = parser.getgroup("sglang-tune-docker", "SGLang tuning: docker backend")
+    d.addoption("--sglang-image", default=None, help="docker: the SGLang image (overrides the suite's)")
+    d.addoption("--sglang-fake-gpus", default=None,
+                help="docker, TESTS ONLY: pretend the host has N GPUs; leased ids reach the container through an "
+                     "environment variable instead of a DeviceRequest")
+    d.addoption("--sglang-docker-network", default=None, choices=("bridge", "host"),
+                help="docker: publish the port on 127.0.0.1 (bridge, default) or use host networking")
+    d.addoption("--sglang-hf-cache", default=None,
+                help="docker: Hugging Face cache mounted into containers (default ~/.cache/huggingface)")
+    k = parser.getgroup("sglang-tune-ome", "SGLang tuning: ome backend (Kubernetes)")
+    k.addoption("--sglang-kubeconfig", default=None, help="ome: kubeconfig (default: $KUBECONFIG, ~/.kube/config, "
+                                                          "or in-cluster)")
+    k.addoption("--sglang-namespace", default=None, help="ome: namespace for InferenceServices (default: the "
+                                                         "suite's, else 'default')")
+    k.addoption("--sglang-ome-url", default=None, choices=("auto", "direct", "tunnel"),
+                help="ome: reach the server at status.url (direct) or through a port-forward (tunnel); default auto")
+    k.addoption("--sglang-sweep", action="store_true", default=False,
+                help="ome: remove objects of our label left by dead earlier runs (opt-in: clusters are shared)")
+    parser.addini("sglang_backend", "default --backend", default="sim")
+    parser.addini("sglang_gpus", "default --gpus", default="")
+    parser.addini("sglang_report_dir", "default --sglang-report-dir", default="reports")
+    parser.addini("sglang_strict_slo", "default --sglang-strict-slo", type="bool", default=False)
+    parser.addini("sglang_ready_timeout", "default --sglang-ready-timeout", default="")
+    parser.addini("sglang_tie_margin", "default --sglang-tie-margin", default="")

@@ -1,337 +1,263 @@
-"""Result records and the versioned report: run ids, machine info, results.jsonl, report.json/.html.
+"""The typed result model: one frozen ``Point`` (what was measured) and one ``Result`` (how it went).
 
-A run writes ``reports/<run-id>/results.jsonl`` as it goes (one line per finished test, fsynced, so a crash
-keeps every finished result) and, at the end, ``report.json`` and ``report.html`` (each written atomically).
-Everything written is redacted first (:mod:`pytest_sglang_tune.redact`). The schema: docs/report-schema.md.
+Items and fixtures produce a ``Result``; the session owner (:mod:`pytest_sglang_tune.session`) finishes it
+(status, reason, time) and writes it; the report is a list of ``Result.to_dict()``. Nothing else shapes a
+result. ``from_dict`` reads every schema version this package wrote (1 and 2; see docs/report-schema.md) and
+keeps fields it does not know in ``extra``, so a round trip loses nothing.
+
+The one key and its named projections (never a pytest node id: xdist rewrites those):
+
+* ``Point.key``    (suite, workload, content hash, load, config_id) — identity; resume needs all of it.
+* ``Point.slot``   (suite, workload, load, config_id) — where a result sits; diff and the baseline gate match
+  on it, and comparability then requires equal content hashes *on the same slot*; a report deduplicates on it.
+* ``Point.group``  (suite, workload, load) — one ranking.
+* ``Point.config_key`` (suite, config_id) — one deployment.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import platform
-import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
-import threading
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from pytest_sglang_tune import TOOL_NAME, __version__
-from pytest_sglang_tune.errors import TuneError
-from pytest_sglang_tune.grammar import Objective, parse_objective
-from pytest_sglang_tune.ranking import dedupe, rank
-from pytest_sglang_tune.redact import redact
-from pytest_sglang_tune.report.json import dumps, dumps_line
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
-SCHEMA_VERSION = 1
-STATUSES: tuple[str, ...] = ("passed", "failed", "skipped", "error", "infeasible", "excluded")
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
-RESULTS_JSONL = "results.jsonl"
+STATUSES: tuple[str, ...] = ("passed", "failed", "skipped", "error", "infeasible", "excluded", "not_measured")
+RANKED_STATUSES = ("passed", "failed")
 
-# Keys every result carries in report.json (filled with these defaults when a record lacks them).
-RESULT_DEFAULTS: dict[str, Any] = {
-    "test_id": None, "suite": None, "workload": None, "config_id": None, "server_args": {},
-    "launch_command": None, "sglang_version": None, "image": None, "image_digest": None, "perf_model": None,
-    "load": None, "status": None, "reason": None, "metrics": {}, "slo_pass": None, "gpus_used": None,
-}
-RUN_DEFAULTS: dict[str, Any] = {
-    "id": None, "started_at": None, "finished_at": None, "backend": None, "gpus": None, "argv": [],
-    "machine": {"host": None, "cpu": None, "gpus": []},
-}
-SUITE_DEFAULTS: dict[str, Any] = {"objective": None, "slos": [], "sglang_version": None, "excluded": []}
+LoadKey = tuple[tuple[bool, float], tuple[bool, float]]
+
+# Deployment facts a backend reports; they sit at the top level of a result's dict (schema 1 placed them so).
+DEPLOYMENT_KEYS: tuple[str, ...] = (
+    "launch_command", "image", "image_digest", "gpus_used", "ready_s", "endpoint_url", "endpoint_mode",
+    "inference_service", "namespace", "node", "pod", "container", "sim", "manifest",
+)
+COST_KEYS: tuple[str, ...] = ("usd_per_mtok", "deploy_s", "measure_s", "gpu_s")
 
 
-class ReportError(TuneError):
-    """A report or results file cannot be read or built (names the file, the field and what is expected)."""
+def load_key(load: Mapping[str, Any] | None) -> LoadKey:
+    """Numeric sort key of a load level: by concurrency, then request rate (absent values first)."""
+    load = load or {}
+    c, r = load.get("concurrency"), load.get("request_rate")
+    return ((c is not None, float(c or 0)), (r is not None, float(r or 0)))
 
 
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with seconds (``2026-11-27T13:05:01+00:00``), for ``*_at`` fields."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def load_label(load: Mapping[str, Any] | None) -> str:
+    """``c64``, ``r2.5``, ``r4-c16`` (as ``Load.label``); ``-`` when the load is unknown."""
+    load = load or {}
+    parts = []
+    if load.get("request_rate") is not None:
+        rate = float(load["request_rate"])
+        parts.append(f"r{int(rate) if rate.is_integer() else rate}")
+    if load.get("concurrency") is not None:
+        parts.append(f"c{int(load['concurrency'])}")
+    return "-".join(parts) or "-"
 
 
-def new_run_id(now: datetime | None = None) -> str:
-    """``YYYYMMDD-HHMMSS-xxxx``: UTC time (aware datetimes are converted; naive ones taken as they are) and
-    four random hex digits, so ids sort by start time and two runs in the same second still differ."""
-    now = datetime.now(UTC) if now is None else now
-    if now.tzinfo is not None:
-        now = now.astimezone(UTC)
-    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+@dataclass(frozen=True)
+class Point:
+    """What one result measured: a configuration of a suite, under one workload, at one load level."""
+
+    suite: str
+    workload: str
+    content_hash: str | None
+    concurrency: int | None
+    request_rate: float | None
+    config_id: str
+
+    @property
+    def load(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "request_rate": self.request_rate}
+
+    @property
+    def load_key(self) -> LoadKey:
+        return load_key(self.load)
+
+    @property
+    def key(self) -> tuple[str, str, str | None, LoadKey, str]:
+        return (self.suite, self.workload, self.content_hash, self.load_key, self.config_id)
+
+    @property
+    def slot(self) -> tuple[str, str, LoadKey, str]:
+        return (self.suite, self.workload, self.load_key, self.config_id)
+
+    @property
+    def group(self) -> tuple[str, str, LoadKey]:
+        return (self.suite, self.workload, self.load_key)
+
+    @property
+    def config_key(self) -> tuple[str, str]:
+        return (self.suite, self.config_id)
+
+    @property
+    def where(self) -> str:
+        """``suite/workload@c16``: the point without its config, for messages."""
+        return f"{self.suite}/{self.workload}@{load_label(self.load)}"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Point:
+        w = d.get("workload")
+        name, content = (w.get("name"), w.get("content_hash")) if isinstance(w, Mapping) else (w, None)
+        raw_load = d.get("load")
+        load: Mapping[str, Any] = raw_load if isinstance(raw_load, Mapping) else {}
+        conc, rate = load.get("concurrency"), load.get("request_rate")
+        return cls(suite=str(d.get("suite") or ""), workload="" if name is None else str(name),
+                   content_hash=None if content is None else str(content),
+                   concurrency=None if conc is None else int(conc),
+                   request_rate=None if rate is None else float(rate), config_id=str(d.get("config_id") or ""))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+@dataclass(frozen=True)
+class Cost:
+    """What a result cost: ``usd_per_mtok`` (with a GPU-hour price), seconds to deploy and to measure, and GPU
+    seconds held (wall seconds the deployment held × GPUs). Filled by later issues; all null until then."""
+
+    usd_per_mtok: float | None = None
+    deploy_s: float | None = None
+    measure_s: float | None = None
+    gpu_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in COST_KEYS}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Cost:
+        d = d if isinstance(d, Mapping) else {}
+        return cls(**{k: d.get(k) for k in COST_KEYS})
 
 
-def _gpu_names() -> list[str]:
-    try:  # NVML first (nvidia-ml-py), when installed
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            names = []
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-                names.append(name.decode() if isinstance(name, bytes) else str(name))
-            return names
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        pass
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        proc = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if proc.returncode != 0:
-        return []
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+def perf_model_of(value: Any) -> dict[str, Any] | None:
+    """The ``perf_model`` object ``{name, data_version, gpu, ...}`` from what a server or a report says
+    (schema 1 and older sims wrote just the name)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, Mapping):
+        out = {"name": None, "data_version": None, "gpu": None}
+        out.update(value)
+        return out
+    return {"name": str(value), "data_version": None, "gpu": None}
 
 
-def machine_info() -> dict[str, Any]:
-    """``{host, platform, python, cpu: {model, count}, gpus: [names]}``; GPU names from NVML or nvidia-smi."""
-    return {
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": {"model": _cpu_model(), "count": os.cpu_count()},
-        "gpus": _gpu_names(),
-    }
+def perf_model_text(value: Any) -> str:
+    """``aiconfigurator-core (data 0.5.14, h100_sxm)``: a perf model for people; ``""`` when there is none."""
+    pm = perf_model_of(value)
+    if not pm or not pm.get("name"):
+        return ""
+    extra = ", ".join(str(x) for x in (f"data {pm['data_version']}" if pm.get("data_version") else None,
+                                       pm.get("gpu")) if x)
+    return f"{pm['name']} ({extra})" if extra else str(pm["name"])
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class Result:
+    """One measured (or not measured) point. Build it with ``Result(point=...)`` and ``with_(...)``."""
 
+    point: Point
+    status: str | None = None
+    reason: str | None = None
+    test_id: str | None = None
+    display_id: str | None = None
+    suite_file: str | None = None
+    workload: Mapping[str, Any] = field(default_factory=dict)   # name, content_hash, endpoint, lengths, counts
+    server_args: Mapping[str, Any] = field(default_factory=dict)
+    gpus_required: int | None = None
+    backend: str | None = None
+    sglang_version: str | None = None
+    model: str | None = None
+    tool_version: str | None = None
+    slos: tuple[str, ...] = ()
+    objective: str | None = None
+    deployment: Mapping[str, Any] = field(default_factory=dict)  # DEPLOYMENT_KEYS
+    perf_model: Mapping[str, Any] | None = None
+    metrics: Mapping[str, Any] | None = None
+    confidence: Mapping[str, Any] = field(default_factory=dict)  # metric -> [lo, hi] (95 %)
+    confidence_method: Mapping[str, Any] | None = None            # {method, seed, resamples, batches}
+    slo_results: Mapping[str, bool] = field(default_factory=dict)
+    slo_pass: bool | None = None
+    warnings: tuple[str, ...] = ()
+    e2e_s: tuple[float, ...] = ()
+    server_metrics: Mapping[str, Any] | None = None
+    repeats: Mapping[str, Any] | None = None
+    baseline_metrics: Mapping[str, Any] | None = None
+    cost: Cost = field(default_factory=Cost)
+    telemetry: Mapping[str, Any] | None = None
+    trial: Mapping[str, Any] | None = None
+    fidelity: str | None = None
+    log_tail: str | None = None
+    finished_at: str | None = None
+    resumed_from: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)       # fields this version does not know
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never a part.
+    def with_(self, **changes: Any) -> Result:
+        """A copy with ``changes`` (the dataclass is frozen)."""
+        return replace(self, **changes)
 
-    The text goes to a temporary file in the same directory, is fsynced, then ``os.replace``d over ``path``;
-    on any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    @property
+    def measured(self) -> bool:
+        """Whether it takes part in the ranking: passed, or failed with metrics (e.g. a strict-SLO failure)."""
+        return self.status == "passed" or (self.status == "failed" and bool(self.metrics))
 
+    @property
+    def meets_slos(self) -> bool:
+        return self.status == "passed" and self.slo_pass is not False
 
-class Records(list[dict[str, Any]]):
-    """Records read from a results.jsonl; ``skipped`` counts lines that were not valid JSON (a torn write)."""
-
-    skipped: int = 0
-
-
-class ResultsLog:
-    """``reports/<run-id>/results.jsonl``: one redacted JSON line per finished test, flushed and fsynced."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Redact ``record`` and append it as one line. A torn last line left by a crash is closed first."""
-        line = dumps_line(redact(record))
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as f:
-                if f.tell() > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        line = "\n" + line
-                f.write(line.encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-
-    @staticmethod
-    def read(path: Path) -> Records:
-        """All records of a results.jsonl (empty when the file does not exist yet).
-
-        Lines that are not a JSON object (the last line of a run that died mid-write) are skipped and counted
-        in ``.skipped``.
-        """
-        out = Records()
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            return out
-        for raw in data.split(b"\n"):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                out.skipped += 1
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-            else:
-                out.skipped += 1
+    def to_dict(self) -> dict[str, Any]:
+        """The result as report.json holds it (schema 2; plain builtins, fit for xdist and JSON)."""
+        p = self.point
+        out: dict[str, Any] = {
+            "test_id": self.test_id, "display_id": self.display_id, "suite": p.suite, "suite_file": self.suite_file,
+            "workload": {**self.workload, "name": p.workload or None, "content_hash": p.content_hash},
+            "config_id": p.config_id, "server_args": dict(self.server_args), "gpus_required": self.gpus_required,
+            "backend": self.backend, "sglang_version": self.sglang_version, "model": self.model,
+            "tool_version": self.tool_version, "load": p.load, "slos": list(self.slos), "objective": self.objective,
+        }
+        out.update({k: None for k in ("launch_command", "image", "image_digest")})
+        out["gpus_used"] = []
+        out.update(copy.deepcopy(dict(self.deployment)))
+        out.update({
+            "perf_model": dict(self.perf_model) if self.perf_model else None,
+            "status": self.status, "reason": self.reason,
+            "metrics": copy.deepcopy(dict(self.metrics)) if self.metrics is not None else {},
+            "slo_results": dict(self.slo_results), "slo_pass": self.slo_pass, "warnings": list(self.warnings),
+            "cost": self.cost.to_dict(), "telemetry": self.telemetry, "trial": self.trial, "fidelity": self.fidelity,
+        })
+        optional = {"confidence": dict(self.confidence) or None, "confidence_method": self.confidence_method,
+                    "e2e_s": list(self.e2e_s) or None, "server_metrics": self.server_metrics,
+                    "repeats": self.repeats, "baseline_metrics": self.baseline_metrics, "log_tail": self.log_tail,
+                    "finished_at": self.finished_at, "resumed_from": self.resumed_from}
+        out.update({k: v for k, v in optional.items() if v is not None})
+        for k, v in self.extra.items():
+            out.setdefault(k, v)
         return out
 
-
-def _with_defaults(value: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(defaults))
-    out.update(value or {})
-    return out
-
-
-def _normalize_result(i: int, rec: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The record with every schema field present; an invalid record becomes an ``error`` result (with the
-    problem as its reason and as the returned warning) rather than costing the whole report."""
-    r = _with_defaults(rec, RESULT_DEFAULTS)
-    problems = []
-    for key in ("suite", "config_id"):
-        if not r.get(key):
-            problems.append(f"field {key!r} is missing or empty")
-            r[key] = "?"
-    if r["status"] not in STATUSES:
-        problems.append(f"status {r['status']!r} is not valid (allowed: {', '.join(STATUSES)})")
-    wl = r["workload"]
-    if isinstance(wl, str) or wl is None:
-        r["workload"] = {"name": wl, "content_hash": None}
-    elif isinstance(wl, Mapping) and "name" in wl:
-        r["workload"] = {"content_hash": None, **wl}
-    else:
-        problems.append(f"field 'workload' must be {{name, content_hash}}, got {wl!r}")
-        r["workload"] = {"name": None, "content_hash": None}
-    load = r["load"] if isinstance(r["load"], Mapping) else {}
-    r["load"] = {**load, "concurrency": load.get("concurrency"), "request_rate": load.get("request_rate")}
-    if r["metrics"] is None:
-        r["metrics"] = {}
-    if not problems:
-        return r, None
-    problem = f"result #{i} (test_id {r.get('test_id')!r}) is invalid: {'; '.join(problems)}"
-    r["reason"] = problem + (f" (reason given: {r['reason']})" if r["reason"] else "")
-    r["status"] = "error"
-    return r, problem
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Result:
+        """Read a result of any readable schema version; unknown fields go to ``extra``."""
+        known = {f.name for f in fields(cls)} - {"point", "deployment", "extra", "cost", "workload"}
+        w = d.get("workload")
+        workload = {k: v for k, v in w.items() if k not in ("name", "content_hash")} if isinstance(w, Mapping) \
+            else {}
+        kwargs: dict[str, Any] = {k: d[k] for k in known if k in d and d[k] is not None}
+        for key, kind in (("slos", tuple), ("warnings", tuple), ("e2e_s", tuple)):
+            if key in kwargs:
+                kwargs[key] = kind(kwargs[key])
+        kwargs["perf_model"] = perf_model_of(d.get("perf_model"))
+        skip = {*known, *DEPLOYMENT_KEYS, "point", "cost", "workload", "suite", "config_id", "load"}
+        return cls(point=Point.from_dict(d), workload=workload, cost=Cost.from_dict(d.get("cost")),
+                   deployment={k: d[k] for k in DEPLOYMENT_KEYS if k in d and d[k] is not None},
+                   extra={k: v for k, v in d.items() if k not in skip}, **kwargs)
 
 
-def suite_objectives(suites: Mapping[str, Mapping[str, Any]]) -> dict[str, Objective]:
-    """``{suite: Objective}`` for the suites that name an objective."""
-    return {name: parse_objective(info["objective"]) for name, info in suites.items()
-            if info and info.get("objective")}
+def as_result(value: Result | Mapping[str, Any]) -> Result:
+    """A ``Result`` from either a ``Result`` or a result dict (report.json, results.jsonl, a hook's list)."""
+    return value if isinstance(value, Result) else Result.from_dict(value)
 
 
-def build_report(*, run: Mapping[str, Any], results: list[dict[str, Any]], suites: Mapping[str, Any],
-                 ranking: list[dict[str, Any]] | None = None, warnings: Iterable[str] = ()) -> dict[str, Any]:
-    """The report dict (schema_version 1), redacted; ``ranking`` is computed by :func:`ranking.rank` if None.
-
-    Every result gets all the schema's fields (missing ones null/empty). Results are deduplicated on
-    (suite, workload, load, config_id): a later record replaces an earlier one. A record that breaks the
-    schema (unknown status, no suite or config_id) is kept as an ``error`` result and named in ``warnings``.
-    """
-    warns = [str(w) for w in warnings]
-    normalized = []
-    for i, rec in enumerate(results):
-        r, problem = _normalize_result(i, rec)
-        normalized.append(r)
-        if problem:
-            warns.append(problem)
-    unique = [dict(r) for r in dedupe(normalized)]
-    if len(unique) < len(normalized):
-        warns.append(f"{len(normalized) - len(unique)} result(s) were measured again in this run; "
-                     "the report keeps the last measurement of each")
-    suites_out = {str(name): _with_defaults(info, SUITE_DEFAULTS) for name, info in suites.items()}
-    if ranking is None:
-        ranking = rank(unique, suite_objectives(suites_out))
-    run_out = _with_defaults(run, RUN_DEFAULTS)
-    run_out["machine"] = _with_defaults(run_out.get("machine"), RUN_DEFAULTS["machine"])
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": TOOL_NAME, "version": __version__},
-        "run": run_out,
-        "suites": suites_out,
-        "results": unique,
-        "ranking": list(ranking),
-        "warnings": warns,
-    }
-    redacted: dict[str, Any] = redact(report)
-    return redacted
-
-
-def write_report(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write ``report.json`` then ``report.html`` into ``out_dir``, each atomically; returns their paths."""
-    from pytest_sglang_tune.report.html import render_html
-
-    out_dir = Path(out_dir)
-    clean: dict[str, Any] = redact(report)
-    paths = {"json": out_dir / REPORT_JSON, "html": out_dir / REPORT_HTML}
-    atomic_write_text(paths["json"], dumps(clean))
-    atomic_write_text(paths["html"], render_html(clean))
-    return paths
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    """Read a report.json and check it is one this version understands (schema_version 1)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such report file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: cannot read report: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: a report.json holds a JSON object, found {type(data).__name__}")
-    if "schema_version" not in data:
-        raise ReportError(f"{path}: no 'schema_version' field; this is not a {TOOL_NAME} report.json "
-                          f"(expected schema_version {SCHEMA_VERSION})")
-    version = data["schema_version"]
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ReportError(f"{path}: schema_version {version!r} is not valid; "
-                          f"expected the integer {SCHEMA_VERSION}")
-    if version > SCHEMA_VERSION:
-        raise ReportError(f"{path}: schema_version {version} was written by a newer {TOOL_NAME}; "
-                          f"this version ({__version__}) reads schema_version {SCHEMA_VERSION}. "
-                          f"Upgrade {TOOL_NAME} to read it.")
-    for key, kind in (("run", dict), ("results", list), ("ranking", list)):
-        if not isinstance(data.get(key), kind):
-            expected = "object" if kind is dict else "array"
-            raise ReportError(f"{path}: field {key!r} must be a JSON {expected}, "
-                              f"found {type(data.get(key)).__name__}")
-    for i, r in enumerate(data["results"]):
-        if not isinstance(r, dict) or r.get("status") not in STATUSES:
-            status = r.get("status") if isinstance(r, dict) else r
-            raise ReportError(f"{path}: results[{i}].status {status!r} is not valid; "
-                              f"allowed: {', '.join(STATUSES)}")
-    return data
+def dedupe(results: list[Result]) -> list[Result]:
+    """One result per slot, the last one seen, in the order the slots first appeared."""
+    by_slot: dict[tuple[Any, ...], Result] = {}
+    for r in results:
+        by_slot[r.point.slot] = r
+    return list(by_slot.values())

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_sglang_tune.backends.registry import BUILTIN_NAMES, SETTINGS_FIELDS
 from pytest_sglang_tune.errors import GrammarError, SuiteError
 from pytest_sglang_tune.grammar import DEFAULT_OBJECTIVE, SLO, Objective, parse_objective, parse_slo
 from pytest_sglang_tune.loadgen.workload import (
@@ -44,7 +45,6 @@ from pytest_sglang_tune.loadgen.workload import (
 )
 from pytest_sglang_tune.yamlpos import Pos, line_of, load_yaml_with_lines
 
-BACKENDS: tuple[str, ...] = ("sim", "local", "docker", "ome")
 TOP_FIELDS = ("name", "description", "sglang_version", "model", "backends", "server", "workloads", "slos",
               "objective", "seed", "gpu_hour_price", "repeats", "redeploy")
 MODEL_FIELDS = ("path", "served_name")
@@ -52,14 +52,7 @@ SERVER_FIELDS = ("fixed", "grid", "paired", "constraints")
 WORKLOAD_FIELDS = ("name", "scenario", "input_len", "output_len", "endpoint", "num_requests", "warmup_requests",
                    "concurrency", "request_rate", "shared_prefix", "seed", "max_duration_s", "dataset", "turns",
                    "burstiness", "warmup_s", "cooldown_s")
-BACKEND_FIELDS: dict[str, tuple[str, ...]] = {
-    "sim": ("gpu", "perf_model", "needs_gpus", "launcher", "env", "port", "ready_timeout"),
-    "local": ("launcher", "needs_gpus", "env", "port", "ready_timeout"),
-    "docker": ("image", "needs_gpus", "env", "shm_size", "ipc_host", "hf_cache", "ulimits", "network",
-               "ready_timeout"),
-    "ome": ("runtime", "model", "namespace", "create_runtime", "create_model", "create_namespace", "node_selector",
-            "tolerations", "env", "ready_timeout", "unschedulable_grace"),
-}
+_BACKEND_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -167,8 +160,12 @@ def suite_from_data(data: Any, path: Path, pos: Pos | None = None, *, require_wo
         version = str(version)
 
     backends: dict[str, dict[str, Any]] = {}
-    for bname, bset in c.mapping(top.get("backends"), "backends", allowed=BACKENDS).items():
-        backends[bname] = c.mapping(bset, "backends", bname, allowed=BACKEND_FIELDS[bname])
+    for bname, bset in c.mapping(top.get("backends"), "backends").items():
+        if not isinstance(bname, str) or not _BACKEND_NAME.match(bname):
+            raise c.err(f"backend name {bname!r} is not valid; built-in backends: {', '.join(BUILTIN_NAMES)}",
+                        "backends", str(bname))
+        # a plugin's backend (pytest_sglang_tune_make_backend) takes its section as it is
+        backends[bname] = c.mapping(bset, "backends", bname, allowed=SETTINGS_FIELDS.get(bname))
 
     server = c.mapping(top.get("server"), "server", allowed=SERVER_FIELDS)
     fixed = c.mapping(server.get("fixed"), "server", "fixed")

@@ -14,8 +14,8 @@ import pytest_sglang_tune.backends.sim
 import pytest_sglang_tune.loadgen.runner
 import pytest_sglang_tune.metrics
 import pytest_sglang_tune.readiness
-import pytest_sglang_tune.reporting
-import pytest_sglang_tune.results  # noqa: F401
+import pytest_sglang_tune.report.run
+import pytest_sglang_tune.report.store  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"

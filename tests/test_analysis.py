@@ -6,15 +6,10 @@ from typing import Any
 
 import pytest
 
-from pytest_sglang_tune.analysis import (
-    confidence_interval,
-    latency_metric,
-    mark_ties,
-    max_sustained_load,
-    pareto,
-    pareto_front,
-)
+from pytest_sglang_tune.analysis import latency_metric, max_sustained_load, pareto, pareto_front
 from pytest_sglang_tune.grammar import parse_objective
+from pytest_sglang_tune.ranking import rank
+from pytest_sglang_tune.stats import student_t_interval
 
 
 @pytest.mark.parametrize(
@@ -61,12 +56,11 @@ def test_max_sustained_load() -> None:
     assert got == {"a": {"concurrency": 8, "request_rate": None}, "b": None}
 
 
-def test_ties_when_intervals_overlap() -> None:
+def test_ties_when_the_difference_interval_holds_zero() -> None:
     results = [res("a", 8, 100, 1, ci=[95, 105]), res("b", 8, 98, 1, ci=[90, 101]), res("c", 8, 50, 1, ci=[45, 55])]
-    ranking = [{"suite": "s", "workload": "w", "load": {"concurrency": 8}, "rank": i + 1, "config_id": c,
-                "slo_pass": True} for i, c in enumerate("abc")]
-    mark_ties(ranking, results, {"s": parse_objective("maximize: output_throughput_per_gpu")})
-    assert [e.get("tied", False) for e in ranking] == [True, True, False]
+    ranking = rank(results, {"s": parse_objective("maximize: output_throughput_per_gpu")})
+    assert [(e["config_id"], e["rank"], e["tied"]) for e in ranking] == [("a", 1, True), ("b", 1, True),
+                                                                         ("c", 3, False)]
 
 
 @pytest.mark.parametrize(
@@ -74,7 +68,7 @@ def test_ties_when_intervals_overlap() -> None:
     [([1.0], None), ([10.0, 10.0, 10.0], (10.0, 10.0)), ([1.0, 3.0], (2 - 12.706, 2 + 12.706))],
 )
 def test_confidence_interval(values: list[float], expected: Any) -> None:
-    got = confidence_interval(values)
+    got = student_t_interval(values)
     if expected is None:
         assert got is None
     else:

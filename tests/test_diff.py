@@ -12,7 +12,7 @@ import pytest
 from pytest_sglang_tune.cli import main
 from pytest_sglang_tune.diff import IncomparableReports, diff_reports, parse_threshold
 from pytest_sglang_tune.errors import GrammarError
-from pytest_sglang_tune.results import build_report
+from pytest_sglang_tune.report.store import build_report
 
 
 def result(cfg: str, thr: float, ttft: float, *, status: str = "passed", gpu: str = "h100_sxm",

@@ -156,6 +156,10 @@ def test_make_backend_hook_replaces_the_backend(pytester: pytest.Pytester) -> No
             name = "nogpus"
             def capacity(self):
                 return Capacity(0, "custom backend with no GPUs")
+            def start(self, spec):
+                raise AssertionError("nothing fits: never started")
+            def stop(self, deployment):
+                pass
         def pytest_sglang_tune_make_backend(config, name, gpus):
             return NoGpus()
     """))
@@ -196,8 +200,8 @@ def test_bad_grammar_options(pytester: pytest.Pytester, args: list[str], message
 
 
 def test_command_line_slos_and_objective_override_the_suite(pytester: pytest.Pytester) -> None:
-    from pytest_sglang_tune.engine import Options
     from pytest_sglang_tune.grammar import parse_objective, parse_slo
+    from pytest_sglang_tune.options import Options
     from pytest_sglang_tune.suite import load_suite
 
     path = pytester.makefile(".yaml", tune_demo=suite_text())

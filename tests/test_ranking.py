@@ -56,7 +56,20 @@ def order(ranking: list[dict[str, Any]]) -> list[str]:
 def test_rank_order(results: list[dict[str, Any]], objectives: Any, expected: list[str]) -> None:
     ranking = rank(results, objectives)
     assert order(ranking) == expected
-    assert [e["rank"] for e in ranking] == list(range(1, len(expected) + 1))
+    if len({e["score"] for e in ranking}) == len(ranking) > 1:  # distinct scores, far apart: 1, 2, 3
+        assert [e["rank"] for e in ranking] == list(range(1, len(expected) + 1))
+
+
+def test_equal_scores_share_a_rank_and_are_tied() -> None:
+    ranking = rank([rec("c", tput=50), rec("a", tput=50), rec("b", tput=50)], MAX_TPUT)
+    assert [(e["config_id"], e["rank"], e["tied"]) for e in ranking] == [("a", 1, True), ("b", 1, True),
+                                                                         ("c", 1, True)]
+
+
+@pytest.mark.parametrize(("margin", "ranks"), [(0.0, [1, 2]), (0.02, [1, 1]), (0.005, [1, 2])])
+def test_tie_margin(margin: float, ranks: list[int]) -> None:
+    ranking = rank([rec("a", tput=100.0), rec("b", tput=99.0)], MAX_TPUT, margin=margin)
+    assert [e["rank"] for e in ranking] == ranks
 
 
 def test_entries_carry_score_and_slo_pass() -> None:
@@ -64,12 +77,12 @@ def test_entries_carry_score_and_slo_pass() -> None:
                     rec("c", status="failed", slo_pass=True, tput=50.0)], MAX_TPUT)
     assert ranking == [
         {"suite": "s", "workload": "chat", "load": {"concurrency": 16, "request_rate": None}, "rank": 1,
-         "config_id": "b", "score": 3.0, "slo_pass": True},
+         "config_id": "b", "score": 3.0, "interval": None, "slo_pass": True, "tied": False},
         # a failed test never counts as meeting the SLOs, whatever its record says
         {"suite": "s", "workload": "chat", "load": {"concurrency": 16, "request_rate": None}, "rank": 2,
-         "config_id": "c", "score": 50.0, "slo_pass": False},
+         "config_id": "c", "score": 50.0, "interval": None, "slo_pass": False, "tied": False},
         {"suite": "s", "workload": "chat", "load": {"concurrency": 16, "request_rate": None}, "rank": 3,
-         "config_id": "a", "score": 10.5, "slo_pass": False},
+         "config_id": "a", "score": 10.5, "interval": None, "slo_pass": False, "tied": False},
     ]
 
 

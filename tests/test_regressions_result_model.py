@@ -22,7 +22,6 @@ SHIPPED_CHAT_REPORT = HERE / "browser" / "data" / "sim_chat_report.json"  # made
 
 # --- 1. a report always compares with itself -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="bug 1: comparability groups hashes per workload, not per load")
 def test_diff_of_a_report_against_itself_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
     """The shipped chat suite has per-load num_requests (one content hash per load): diff R R exited 3."""
     rc = main(["diff", str(SHIPPED_CHAT_REPORT), str(SHIPPED_CHAT_REPORT)])
@@ -35,7 +34,7 @@ def test_diff_of_a_report_against_itself_is_clean(capsys: pytest.CaptureFixture[
 # --- 2. GPU type and count of non-sim runs ---------------------------------------------------------------------
 
 def _docker_report(gpus: list[str] | None) -> dict[str, Any]:
-    from pytest_sglang_tune.results import build_report
+    from pytest_sglang_tune.report.store import build_report
 
     result = {"test_id": "t", "suite": "s", "workload": {"name": "chat", "content_hash": "abc"}, "config_id": "a~1",
               "load": {"concurrency": 8}, "status": "passed", "model": "Qwen/Qwen3-8B", "slo_pass": True,
@@ -47,7 +46,6 @@ def _docker_report(gpus: list[str] | None) -> dict[str, Any]:
     return build_report(run=run, results=[result], suites={"s": {"objective": "maximize: output_throughput"}})
 
 
-@pytest.mark.xfail(strict=True, reason="bug 2: the fingerprint knows only the sim GPU")
 def test_diff_refuses_different_gpu_types_of_docker_runs() -> None:
     from pytest_sglang_tune.diff import IncomparableReports, diff_reports
 
@@ -58,7 +56,6 @@ def test_diff_refuses_different_gpu_types_of_docker_runs() -> None:
     assert diff_reports(a, b, allow_different=True).warnings
 
 
-@pytest.mark.xfail(strict=True, reason="bug 2: the fingerprint knows only the sim GPU")
 def test_diff_refuses_different_gpu_counts_of_docker_runs() -> None:
     from pytest_sglang_tune.diff import IncomparableReports, diff_reports
 
@@ -66,7 +63,6 @@ def test_diff_refuses_different_gpu_counts_of_docker_runs() -> None:
         diff_reports(_docker_report(["NVIDIA H100 80GB HBM3"] * 8), _docker_report(["NVIDIA H100 80GB HBM3"] * 4))
 
 
-@pytest.mark.xfail(strict=True, reason="bug 2: the fingerprint knows only the sim GPU")
 def test_diff_refuses_when_one_side_does_not_know_its_gpus() -> None:
     from pytest_sglang_tune.diff import IncomparableReports, diff_reports
 
@@ -85,7 +81,6 @@ def test_diff_ignores_gpu_uuids_and_driver_versions() -> None:
 
 # --- 3. ties without repeats ------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="bug 3: no tie rule without repeats")
 @pytest.mark.parametrize(
     ("a", "a_ci", "b", "b_ci", "tied"),
     [
@@ -103,7 +98,6 @@ def test_tie_rule(a: float, a_ci: tuple[float, float] | None, b: float, b_ci: tu
     assert is_tied(a, a_ci, b, b_ci, margin=0.02) is tied
 
 
-@pytest.mark.xfail(strict=True, reason="bug 3: no tie rule without repeats")
 def test_ranking_gives_tied_configs_the_same_rank() -> None:
     from pytest_sglang_tune.grammar import parse_objective
     from pytest_sglang_tune.ranking import rank
@@ -118,7 +112,6 @@ def test_ranking_gives_tied_configs_the_same_rank() -> None:
     assert entries[1]["tied"] is True and entries[2].get("tied") is not True
 
 
-@pytest.mark.xfail(strict=True, reason="bug 3: no tie rule without repeats")
 def test_shipped_chat_report_does_not_rank_noise(capsys: pytest.CaptureFixture[str]) -> None:
     """At c1 every config of the shipped chat suite scores within 0.1 %: one rank, not 1…8."""
     from pytest_sglang_tune.grammar import parse_objective
@@ -130,7 +123,6 @@ def test_shipped_chat_report_does_not_rank_noise(capsys: pytest.CaptureFixture[s
     assert {e["rank"] for e in c1} == {1}
 
 
-@pytest.mark.xfail(strict=True, reason="bug 3: diff announces a new best on noise")
 def test_diff_of_noise_says_unchanged_within_noise() -> None:
     from pytest_sglang_tune.diff import diff_reports, format_terminal
 
@@ -151,7 +143,6 @@ def test_diff_of_noise_says_unchanged_within_noise() -> None:
     assert "unchanged within noise" in text
 
 
-@pytest.mark.xfail(strict=True, reason="bug 3: no sample-size warning")
 def test_too_few_samples_for_a_gated_percentile_is_a_warning() -> None:
     from pytest_sglang_tune.grammar import parse_slo
     from pytest_sglang_tune.stats import sample_size_warnings
@@ -194,7 +185,6 @@ def _lf_project(pytester: pytest.Pytester) -> None:
     pytester.makefile(".yaml", tune_lf=LF_SUITE.format(python=sys.executable, launcher=launcher))
 
 
-@pytest.mark.xfail(strict=True, reason="bug 4: xdist_group ids (@group) and no grouping")
 @pytest.mark.slow
 @pytest.mark.parametrize("dist", [[], ["--dist", "loadgroup"]], ids=["plugin-dist", "explicit-loadgroup"])
 def test_last_failed_and_friends_after_an_xdist_run(pytester: pytest.Pytester, dist: list[str]) -> None:
@@ -249,7 +239,6 @@ def test_strict_slo_fails_the_test_and_keeps_the_measurement(pytester: pytest.Py
     assert [e["slo_pass"] for e in data["ranking"]] == [False]  # measured, ranked below every SLO pass
 
 
-@pytest.mark.xfail(strict=True, reason="bug 5: cost_per_mtok without a price validates")
 @pytest.mark.parametrize(
     ("where", "text"),
     [("objective", "objective: {minimize: cost_per_mtok}\n"), ("slos", "slos: ['cost_per_mtok <= 1.5']\n")],

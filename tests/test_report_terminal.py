@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pytest_sglang_tune.report.store import build_report, load_report
 from pytest_sglang_tune.report.terminal import summary_lines
-from pytest_sglang_tune.results import build_report, load_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_v1.json"
 

@@ -15,7 +15,7 @@ import pytest
 
 from pytest_sglang_tune import __version__
 from pytest_sglang_tune.redact import ENV_SECRETS
-from pytest_sglang_tune.results import (
+from pytest_sglang_tune.report.store import (
     SCHEMA_VERSION,
     ReportError,
     ResultsLog,
@@ -29,51 +29,8 @@ from pytest_sglang_tune.results import (
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_v1.json"
 
-_DIST = {"type": "object", "required": ["mean", "p50", "p90", "p95", "p99"],
-         "properties": {k: {"type": ["number", "null"]} for k in ("mean", "p50", "p90", "p95", "p99")}}
-_LOAD = {"type": "object", "required": ["concurrency", "request_rate"],
-         "properties": {"concurrency": {"type": ["integer", "null"]},
-                        "request_rate": {"type": ["number", "null"]}}}
-# report.json schema_version 1, as documented in docs/report-schema.md (required fields and their types).
-REPORT_V1_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["schema_version", "tool", "run", "suites", "results", "ranking", "warnings"],
-    "properties": {
-        "schema_version": {"const": 1},
-        "tool": {"type": "object", "required": ["name", "version"]},
-        "run": {"type": "object",
-                "required": ["id", "started_at", "finished_at", "backend", "gpus", "argv", "machine"],
-                "properties": {"argv": {"type": "array", "items": {"type": "string"}},
-                               "machine": {"type": "object", "required": ["host", "cpu", "gpus"]}}},
-        "suites": {"type": "object", "additionalProperties": {
-            "type": "object", "required": ["objective", "slos", "sglang_version", "excluded"],
-            "properties": {"excluded": {"type": "array", "items": {
-                "type": "object", "required": ["config_id", "server_args", "reason"]}}}}},
-        "results": {"type": "array", "items": {
-            "type": "object",
-            "required": ["test_id", "suite", "workload", "config_id", "server_args", "launch_command",
-                         "sglang_version", "image", "image_digest", "perf_model", "load", "status", "reason",
-                         "metrics", "slo_pass", "gpus_used"],
-            "properties": {
-                "workload": {"type": "object", "required": ["name", "content_hash"]},
-                "server_args": {"type": "object"},
-                "load": _LOAD,
-                "status": {"enum": ["passed", "failed", "skipped", "error", "infeasible", "excluded"]},
-                "slo_pass": {"type": ["boolean", "null"]},
-                "metrics": {"type": "object", "properties": {
-                    **{k: _DIST for k in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")},
-                    **{k: {"type": ["number", "null"]} for k in (
-                        "output_throughput", "output_throughput_per_gpu", "input_throughput",
-                        "request_throughput", "goodput", "error_rate", "completed", "failed")}}},
-            }}},
-        "ranking": {"type": "array", "items": {
-            "type": "object",
-            "required": ["suite", "workload", "load", "rank", "config_id", "score", "slo_pass"],
-            "properties": {"rank": {"type": "integer", "minimum": 1}, "load": _LOAD,
-                           "score": {"type": ["number", "null"]}, "slo_pass": {"type": "boolean"}}}},
-        "warnings": {"type": "array", "items": {"type": "string"}},
-    },
-}
+# report.json as documented: docs/report-schema.json (the machine-readable half of docs/report-schema.md)
+REPORT_SCHEMA: dict[str, Any] = json.loads((Path(__file__).parents[1] / "docs" / "report-schema.json").read_text())
 
 
 @pytest.fixture(autouse=True)
@@ -233,8 +190,8 @@ def test_build_report_shape_and_ranking() -> None:
     report = build_report(run=RUN, results=[record("a", 100.0), record("b", 300.0),
                                             record("c", status="infeasible", reason="OOM", metrics={})],
                           suites=SUITES, warnings=["w1"])
-    jsonschema.validate(report, REPORT_V1_SCHEMA)
-    assert report["schema_version"] == SCHEMA_VERSION == 1
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert report["schema_version"] == SCHEMA_VERSION == 2
     assert report["tool"] == {"name": "pytest-sglang-tune", "version": __version__}
     assert [(e["rank"], e["config_id"]) for e in report["ranking"]] == [(1, "b"), (2, "a")]
     assert report["warnings"] == ["w1"]
@@ -247,14 +204,14 @@ def test_build_report_fills_defaults_and_normalizes() -> None:
     minimal = {"suite": "s", "workload": "chat", "config_id": "a", "status": "skipped",
                "reason": "needs 8 GPUs"}
     report = build_report(run={"id": "r"}, results=[minimal], suites={"s": {}})
-    jsonschema.validate(report, REPORT_V1_SCHEMA)
+    jsonschema.validate(report, REPORT_SCHEMA)
     r = report["results"][0]
     assert r["workload"] == {"name": "chat", "content_hash": None}
     assert r["load"] == {"concurrency": None, "request_rate": None}
     assert r["metrics"] == {} and r["server_args"] == {}
     assert report["ranking"] == []
     assert report["suites"]["s"] == {"objective": None, "slos": [], "sglang_version": None, "excluded": []}
-    assert report["run"]["machine"] == {"host": None, "cpu": None, "gpus": []}
+    assert report["run"]["machine"] == {"host": None, "cpu": None, "gpus": None}  # not known
 
 
 def test_build_report_keeps_last_duplicate_and_warns() -> None:
@@ -273,7 +230,7 @@ def test_build_report_uses_given_ranking() -> None:
 
 @pytest.mark.parametrize(("bad", "message"), [
     ({"status": "done"},
-     "status 'done' is not valid (allowed: passed, failed, skipped, error, infeasible, excluded)"),
+     "status 'done' is not valid (allowed: passed, failed, skipped, error, infeasible, excluded, not_measured)"),
     ({"status": None}, "status None is not valid"),
     ({"config_id": ""}, "field 'config_id' is missing or empty"),
     ({"workload": {"content_hash": "x"}}, "field 'workload' must be {name, content_hash}"),
@@ -282,7 +239,7 @@ def test_build_report_keeps_bad_records_as_errors(bad: dict[str, Any], message: 
     """One broken record must not cost the report of a whole run: it becomes an error result and a warning."""
     report = build_report(run=RUN, results=[record("ok"), {**record("x", reason="why"), **bad}],
                           suites=SUITES)
-    jsonschema.validate(report, REPORT_V1_SCHEMA)
+    jsonschema.validate(report, REPORT_SCHEMA)
     broken = report["results"][1]
     assert broken["status"] == "error"
     assert broken["reason"].startswith("result #1 (test_id ")
@@ -293,7 +250,7 @@ def test_build_report_keeps_bad_records_as_errors(bad: dict[str, Any], message: 
 
 def test_build_report_accepts_a_result_without_workload() -> None:
     report = build_report(run=RUN, results=[record("a", workload=None, load=None)], suites=SUITES)
-    jsonschema.validate(report, REPORT_V1_SCHEMA)
+    jsonschema.validate(report, REPORT_SCHEMA)
     assert report["results"][0]["workload"] == {"name": None, "content_hash": None}
     assert report["warnings"] == []
     assert [(e["workload"], e["config_id"]) for e in report["ranking"]] == [("", "a")]
@@ -320,8 +277,10 @@ def test_write_and_load_round_trip(tmp_path: Path) -> None:
 def test_load_report_v1_fixture() -> None:
     """A hand-written schema-1 report.json must stay readable by every later version of the tool."""
     report = load_report(FIXTURE)
-    jsonschema.validate(report, REPORT_V1_SCHEMA)
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 1 and report["upgraded_from_schema_version"] == 1
+    jsonschema.validate({**report, "schema_version": 2}, REPORT_SCHEMA)  # its results read in today's shape
+    assert report["results"][0]["perf_model"]["name"] == "aiconfigurator:h100_sxm"  # schema 1: a string
+    assert report["results"][0]["cost"]["gpu_s"] is None
     assert report["run"]["id"] == "20261127-130501-3fa2"
     assert [r["config_id"] for r in report["results"]] == ["tp2-mem0.9", "tp1-mem0.9", "tp1-mem0.95"]
     assert report["results"][0]["metrics"]["ttft_ms"]["p99"] == 610.7
@@ -331,11 +290,11 @@ def test_load_report_v1_fixture() -> None:
 
 @pytest.mark.parametrize(("content", "message"), [
     ('{"tool": {}, "run": {}, "results": [], "ranking": []}', "no 'schema_version' field; this is not a "
-     "pytest-sglang-tune report.json (expected schema_version 1)"),
-    ('{"schema_version": 2, "run": {}, "results": [], "ranking": []}',
-     "schema_version 2 was written by a newer pytest-sglang-tune; this version (0.1.0) reads "
-     "schema_version 1. Upgrade pytest-sglang-tune to read it."),
-    ('{"schema_version": "1"}', "schema_version '1' is not valid; expected the integer 1"),
+     "pytest-sglang-tune report.json (expected schema_version 2)"),
+    ('{"schema_version": 3, "run": {}, "results": [], "ranking": []}',
+     "schema_version 3 was written by a newer pytest-sglang-tune; this version (0.1.0) reads "
+     "schema_version 1 and 2. Upgrade pytest-sglang-tune to read it."),
+    ('{"schema_version": "1"}', "schema_version '1' is not valid; expected the integer 2"),
     ('{"schema_version": 1, "run": {}, "results": {}, "ranking": []}',
      "field 'results' must be a JSON array, found dict"),
     ('{"schema_version": 1, "run": {}, "results": [{"status": "ok"}], "ranking": []}',

@@ -1,15 +1,21 @@
-"""The Backend protocol and the plain values that cross it.
+"""The backend seam: the ``Backend`` base class and the plain values that cross it.
 
 A backend turns a ``DeploymentSpec`` (model, flags, GPUs) into a running ``Deployment`` with an ``Endpoint``;
-the plugin waits for readiness, checks ``/server_info``, runs load, and stops it. Like httpx's transports, the
-protocol is small on purpose: ``capacity``, ``start``, ``stop``.
+the engine waits for readiness, checks ``/server_info``, runs load, and stops it. Like httpx's transports, what a
+backend must implement is small on purpose — ``name``, ``capacity``, ``start``, ``stop`` — and everything else a
+caller may touch is a method of ``Backend`` with a default (``fits``, ``busy_devices``, ``image_needs_gpus``,
+``server_facts``, ``notes``, ``handoff``/``adopt``, ``close``): no caller probes with ``getattr``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from pytest_sglang_tune.options import Options
+from pytest_sglang_tune.results import perf_model_of
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class DeploymentSpec:
     gpus: int                            # tp × dp × pp
     settings: Mapping[str, Any] = field(default_factory=dict)  # the suite's per-backend section
     run_id: str = ""
-    gpu_ids: tuple[int, ...] = ()        # leased device ids (docker/local)
+    gpu_ids: tuple[Any, ...] = ()        # leased devices (docker/local): indices, or UUIDs from a GPU mask
 
 
 @runtime_checkable
@@ -66,16 +72,137 @@ class Deployment(Protocol):
         """The last lines of the server's log."""
 
 
-class Backend(Protocol):
-    """Deploys configurations. Implementations: sim, local (this package), docker, ome."""
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend factory gets from the run: the parsed options (never ``config.getoption``), the run id,
+    where server logs go, the xdist worker id (None outside xdist) and a progress callback for long steps."""
 
-    name: str
+    options: Options
+    run_id: str
+    log_dir: Path
+    worker_id: str | None = None
+    progress: Callable[[str], None] = field(default=lambda message: None)
 
+    @property
+    def gpus(self) -> int | None:
+        return self.options.gpus
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What a backend reads off a ready server's ``/server_info`` for each result: the perf model (a simulated
+    server's), facts to record (``sim``), and warnings of the point (e.g. the sim fell behind its clock)."""
+
+    perf_model: dict[str, Any] | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+class Backend:
+    """Deploys configurations. Subclass it and implement the four required members — ``name``, ``capacity``,
+    ``start`` and ``stop`` (the Protocol of the guide); every other member has a default that does nothing, and
+    the engine, the items and the session call only what is defined here. Built-in: sim, local, docker, ome
+    (:mod:`pytest_sglang_tune.backends.registry`); a conftest adds its own through the
+    ``pytest_sglang_tune_make_backend`` hook.
+    """
+
+    name: str = ""
+    needs_gpus_default: bool = True       # does what it runs need real GPUs (an image's label can say otherwise)
+    default_ready_timeout: float = 1800.0  # seconds, when neither the suite nor --sglang-ready-timeout says
+
+    # --- required ----------------------------------------------------------------------------------------------
     def capacity(self) -> Capacity:
         """GPUs available to this run (checked before anything deploys; zero means skip)."""
+        raise NotImplementedError(f"{type(self).__name__}.capacity")
 
     def start(self, spec: DeploymentSpec) -> Deployment:
         """Start a server for ``spec``; raise DeployError (with log tail) when it cannot start."""
+        raise NotImplementedError(f"{type(self).__name__}.start")
 
     def stop(self, deployment: Deployment) -> None:
         """Stop and remove everything ``start`` created. Idempotent."""
+        raise NotImplementedError(f"{type(self).__name__}.stop")
+
+    # --- optional, with defaults ------------------------------------------------------------------------------
+    def fits(self, gpus: int, settings: Mapping[str, Any]) -> str | None:
+        """Why a config of ``gpus`` GPUs cannot be placed (e.g. no node has that many free), or None."""
+        return None
+
+    def busy_devices(self) -> set[int]:
+        """Device ids held by something the leases cannot see (e.g. a container of a dead worker)."""
+        return set()
+
+    def image_needs_gpus(self, settings: Mapping[str, Any]) -> bool | None:
+        """Whether what ``settings`` runs needs GPUs, when the backend can tell (docker: an image label)."""
+        return None
+
+    def server_facts(self, server_info: Mapping[str, Any]) -> ServerFacts:
+        """Facts of a ready server for its results. A simulated server (under any backend: the sim, a local
+        launcher or a test image) describes itself in a ``sim`` block; a real SGLang has none."""
+        return sim_facts(server_info)
+
+    def notes(self) -> list[str]:
+        """Lines for the session summary (pulls, sweeps, degraded checks)."""
+        return []
+
+    def handoff(self) -> list[Any]:
+        """xdist worker: the run-wide objects this worker created, for the controller to remove at the end."""
+        return []
+
+    def adopt(self, created: list[Any]) -> None:
+        """Controller: take over objects workers created (removed by ``close``)."""
+
+    def close(self) -> None:
+        """The run is over: remove run-wide objects (e.g. an OME runtime this run created). Idempotent."""
+
+
+class _Adapted(Backend):
+    """A backend object that implements only the four required members, with the defaults of ``Backend``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = str(inner.name)
+
+    def capacity(self) -> Capacity:
+        cap: Capacity = self.inner.capacity()
+        return cap
+
+    def start(self, spec: DeploymentSpec) -> Deployment:
+        dep: Deployment = self.inner.start(spec)
+        return dep
+
+    def stop(self, deployment: Deployment) -> None:
+        self.inner.stop(deployment)
+
+
+REQUIRED = ("name", "capacity", "start", "stop")
+
+
+def as_backend(obj: Any) -> Backend:
+    """``obj`` as a ``Backend``: subclasses as they are; an object with just the four required members gets the
+    defaults. Anything else is a ``TypeError`` naming what is missing."""
+    if isinstance(obj, Backend):
+        return obj
+    missing = [m for m in REQUIRED if not hasattr(obj, m)]
+    if missing:
+        raise TypeError(f"{type(obj).__name__} is not a backend: it lacks {', '.join(missing)} "
+                        f"(a backend has {', '.join(REQUIRED)}; subclass pytest_sglang_tune.backends.base.Backend)")
+    return _Adapted(obj)
+
+
+def sim_facts(server_info: Mapping[str, Any]) -> ServerFacts:
+    """The ``sim`` block of a simulated server's ``/server_info``: its perf model, what it does not model, and
+    whether it fell behind its own clock (a warning of the point)."""
+    sim = server_info.get("sim")
+    if not isinstance(sim, Mapping):
+        return ServerFacts()
+    keep = ("perf_model", "gpu", "not_modelled", "lag", "physics_version", "prefill_mode", "front_end")
+    warnings = []
+    lag = sim.get("lag")
+    if isinstance(lag, Mapping) and lag.get("warning"):
+        text = str(lag["warning"])
+        warnings.append(text if "behind" in text else f"the simulated server fell behind: {text}")
+    if sim.get("not_modelled"):
+        warnings.append("not modelled by the sim (accepted, no effect): " + ", ".join(map(str, sim["not_modelled"])))
+    return ServerFacts(perf_model=perf_model_of(sim.get("perf_model")),
+                       facts={"sim": {k: sim[k] for k in keep if k in sim}}, warnings=tuple(warnings))

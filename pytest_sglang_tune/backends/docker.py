@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_sglang_tune.backends import docker_ops as ops
-from pytest_sglang_tune.backends.base import Capacity, DeploymentSpec, Endpoint
+from pytest_sglang_tune.backends.base import Backend, BackendContext, Capacity, DeploymentSpec, Endpoint
 from pytest_sglang_tune.errors import DeployError
 from pytest_sglang_tune.redact import redact_text
 
@@ -89,7 +89,7 @@ def _needs_gpus_label(attrs: Mapping[str, Any]) -> bool | None:
     return {"true": True, "false": False}.get(str(labels.get(ops.IMAGE_NEEDS_GPUS_LABEL, "")).strip().lower())
 
 
-class DockerBackend:
+class DockerBackend(Backend):
     """Runs each configuration as a container; see the module docstring."""
 
     name = "docker"
@@ -150,6 +150,9 @@ class DockerBackend:
         if self.gpus > found and not os.environ.get("DOCKER_HOST"):
             self.session_notes.append(f"--gpus={self.gpus} but {how}; trusting --gpus (the daemon may see more)")
         return Capacity(self.gpus, f"--gpus={self.gpus}")
+
+    def notes(self) -> list[str]:
+        return list(self.session_notes)
 
     def busy_devices(self) -> set[int]:
         """Device ids held by live containers of ours (also of a killed worker whose container is not gone yet)."""
@@ -383,29 +386,9 @@ def _remove(container: Any) -> None:
         pass
 
 
-def make_backend(config: Any, *, gpus: int | None, log_dir: Path, run_id: str) -> DockerBackend:
-    """The plugin's factory: reads --sglang-image, --sglang-fake-gpus, --sglang-docker-network, --sglang-hf-cache."""
-    fake = config.getoption("sglang_fake_gpus")
-    if fake is not None and fake < 0:
-        import pytest
-
-        raise pytest.UsageError(f"--sglang-fake-gpus={fake!r} is not valid: give a whole number of GPUs >= 0.")
-    return DockerBackend(gpus=gpus, log_dir=log_dir, run_id=run_id, image=config.getoption("sglang_image"),
-                         fake_gpus=fake, network=config.getoption("sglang_docker_network"),
-                         hf_cache=config.getoption("sglang_hf_cache"), progress=terminal_progress(config))
-
-
-def terminal_progress(config: Any) -> Callable[[str], None]:
-    """Progress lines on pytest's terminal, past output capturing (xdist workers have no terminal: their
-    real stderr, which xdist shows)."""
-    tr = config.pluginmanager.getplugin("terminalreporter")
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if tr is None or capman is None:
-        return ops.terminal_emitter()
-
-    def emit(msg: str) -> None:
-        with capman.global_and_fixture_disabled():
-            tr.ensure_newline()
-            tr.write_line(f"sglang-tune docker: {msg}")
-    return emit
-
+def make_backend(context: BackendContext) -> DockerBackend:
+    """The registry's factory: --sglang-image, --sglang-fake-gpus, --sglang-docker-network, --sglang-hf-cache."""
+    o = context.options
+    return DockerBackend(gpus=context.gpus, log_dir=context.log_dir, run_id=context.run_id, image=o.image,
+                         fake_gpus=o.fake_gpus, network=o.docker_network, hf_cache=o.hf_cache,
+                         progress=context.progress)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_sglang_tune.backends.base import Capacity, DeploymentSpec, Endpoint
+from pytest_sglang_tune.backends.base import Backend, BackendContext, Capacity, DeploymentSpec, Endpoint
 from pytest_sglang_tune.errors import DeployError
 from pytest_sglang_tune.redact import redact_text
 
@@ -102,7 +102,7 @@ class LocalDeployment:
         return redact_text(tail_file(self.log_path, tail), extra_secrets=self._secrets)
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Runs each configuration as a local child process."""
 
     name = "local"
@@ -194,3 +194,8 @@ class LocalBackend:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def make_backend(context: BackendContext) -> LocalBackend:
+    """The registry's factory for ``--backend=local`` (launcher from ``--sglang-launcher``)."""
+    return LocalBackend(gpus=context.gpus, launcher=context.options.launcher, log_dir=context.log_dir)

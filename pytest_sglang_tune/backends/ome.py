@@ -8,7 +8,6 @@ through a port-forward, and delete it (waiting for its pods) when the config is 
 
 from __future__ import annotations
 
-import atexit
 import os
 import queue
 import socket
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pytest_sglang_tune.backends.base import Capacity, DeploymentSpec, Endpoint
+from pytest_sglang_tune.backends.base import Backend, BackendContext, Capacity, DeploymentSpec, Endpoint
 from pytest_sglang_tune.backends.ome_manifest import (
     GPU,
     GROUP,
@@ -91,7 +90,7 @@ class OmeDeployment:
         return self.backend.pod_logs(self.namespace, self.pod, self.container, tail)
 
 
-class OmeBackend:
+class OmeBackend(Backend):
     """Deploys configurations as OME InferenceServices."""
 
     name = "ome"
@@ -120,7 +119,6 @@ class OmeBackend:
         self._objects: Any = None
         self._live: list[OmeDeployment] = []
         self._closed = False
-        atexit.register(self.close)
 
     # --- session -------------------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -386,6 +384,9 @@ class OmeBackend:
                 break  # something changed: look again
         raise DeployError(f"InferenceService {namespace}/{name} or its pods still exist {timeout:.0f}s after delete")
 
+    def notes(self) -> list[str]:
+        return list(self.session_notes)
+
     def handoff(self) -> list[tuple[str, str, str | None]]:
         """Give up the runtime/model/namespace this process created, for the xdist controller to remove when the
         last worker is done (other workers may still deploy against them)."""
@@ -431,14 +432,9 @@ def _status_message(exc: Any) -> str:
         return str(getattr(exc, "body", ""))[:300]
 
 
-def make_backend(config: Any, *, gpus: int | None, log_dir: Path | None, run_id: str) -> OmeBackend:
-    """Entry point used by the plugin for ``--backend=ome``."""
-    timeout = config.getoption("sglang_ready_timeout", None)
-    workerinput = getattr(config, "workerinput", None)
-    sweep = bool(config.getoption("sglang_sweep", False))
-    if workerinput is not None and workerinput.get("workerid") not in (None, "gw0"):
-        sweep = False  # one worker sweeps
-    return OmeBackend(gpus=gpus, kubeconfig=config.getoption("sglang_kubeconfig", None),
-                      namespace=config.getoption("sglang_namespace", None),
-                      url_mode=config.getoption("sglang_ome_url", None) or "auto", sweep=sweep, run_id=run_id,
-                      log_dir=log_dir, ready_timeout=float(timeout) if timeout else None)
+def make_backend(context: BackendContext) -> OmeBackend:
+    """The registry's factory for ``--backend=ome``; under xdist only the first worker sweeps."""
+    o = context.options
+    sweep = o.sweep and context.worker_id in (None, "gw0")
+    return OmeBackend(gpus=context.gpus, kubeconfig=o.kubeconfig, namespace=o.namespace, url_mode=o.ome_url,
+                      sweep=sweep, run_id=context.run_id, log_dir=context.log_dir, ready_timeout=o.ready_timeout)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_sglang_tune.backends.base import Capacity, DeploymentSpec
+from pytest_sglang_tune.backends.base import BackendContext, Capacity, DeploymentSpec
 from pytest_sglang_tune.backends.local import LocalBackend, parse_launcher
 
 SIM_LAUNCHER = [sys.executable, "-m", "pytest_sglang_tune.sim"]
@@ -21,6 +21,7 @@ DEFAULT_SIM_GPUS = 8
 class SimBackend(LocalBackend):
     name = "sim"
     needs_gpus_default = False
+    default_ready_timeout = 120.0
 
     def __init__(self, *, gpus: int | None, sglang_version: str | None = None,
                  env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> None:
@@ -50,3 +51,8 @@ class SimBackend(LocalBackend):
 
     def deployment_info(self, spec: DeploymentSpec) -> dict[str, Any]:
         return {"image": None, "image_digest": None, "sim_gpu": str(spec.settings.get("gpu", "h100_sxm"))}
+
+
+def make_backend(context: BackendContext) -> SimBackend:
+    """The registry's factory for ``--backend=sim``."""
+    return SimBackend(gpus=context.gpus, log_dir=context.log_dir)

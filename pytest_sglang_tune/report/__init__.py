@@ -12,7 +12,8 @@ from typing import Any
 
 from pytest_sglang_tune.errors import GrammarError
 from pytest_sglang_tune.grammar import Metric, parse_metric, parse_slo
-from pytest_sglang_tune.ranking import LoadKey, load_key, load_label, result_key, workload_name
+from pytest_sglang_tune.ranking import load_key, load_label, result_key, workload_name
+from pytest_sglang_tune.results import LoadKey
 
 DEFAULT_METRICS: tuple[str, ...] = (
     "output_throughput", "output_throughput_per_gpu", "goodput", "ttft_ms.p99", "tpot_ms.p50", "e2e_ms.p99",

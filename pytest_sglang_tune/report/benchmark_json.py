@@ -73,7 +73,7 @@ def to_pytest_benchmark(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_json(report: Mapping[str, Any], path: Path) -> Path:
     from pytest_sglang_tune.report.json import dumps
-    from pytest_sglang_tune.results import atomic_write_text
+    from pytest_sglang_tune.report.store import atomic_write_text
 
     atomic_write_text(Path(path), dumps(to_pytest_benchmark(report)))
     return Path(path)

@@ -9,7 +9,7 @@ passes through :func:`html.escape`; the only markup is ours. The DOM contract of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pytest_sglang_tune.ranking import load_key, workload_name
@@ -25,6 +25,7 @@ from pytest_sglang_tune.report.html_tables import (
     results_table,
     suite_flags,
 )
+from pytest_sglang_tune.results import perf_model_text
 
 __all__ = ["esc", "render_html"]
 
@@ -118,12 +119,12 @@ def _kv(rows: list[tuple[str, Any]]) -> str:
     return f'<table class="kv">{body}</table>'
 
 
-def _distinct(report: Mapping[str, Any], key: str) -> str:
+def _distinct(report: Mapping[str, Any], key: str, text: Callable[[Any], str] = str) -> str:
     vals: list[str] = []
     for r in report.get("results") or []:
         v = r.get(key)
-        if v not in (None, "") and str(v) not in vals:
-            vals.append(str(v))
+        if v not in (None, "") and text(v) and text(v) not in vals:
+            vals.append(text(v))
     return ", ".join(vals)
 
 
@@ -141,6 +142,11 @@ def _manifest(report: Mapping[str, Any]) -> list[str]:
             sglang.append(v)
     repeats = sorted({f"{r['repeats'].get('n')}" + (" (redeployed)" if r["repeats"].get("redeploy") else "")
                       for r in report.get("results") or [] if isinstance(r.get("repeats"), Mapping)})
+    methods = ", ".join(sorted({str(r["confidence_method"].get("method")) for r in report.get("results") or []
+                                if isinstance(r.get("confidence_method"), Mapping)}))
+    margin = run.get("tie_margin")
+    ties = (f"tied when the scores differ by less than {margin:.1%} or the 95% interval of their difference "
+            "holds 0" if isinstance(margin, int | float) else None)
     counts = status_counts(report)
     gpus = run.get("gpus")
     if run.get("gpus_source"):
@@ -148,19 +154,20 @@ def _manifest(report: Mapping[str, Any]) -> list[str]:
     rows: list[tuple[str, Any]] = [
         ("Run", run.get("id")), ("Tool", f"{tool.get('name', '')} {tool.get('version', '')}".strip()),
         ("SGLang", ", ".join(sglang)), ("Image", _distinct(report, "image")),
-        ("Image digest", _distinct(report, "image_digest")), ("Perf model", _distinct(report, "perf_model")),
+        ("Image digest", _distinct(report, "image_digest")),
+        ("Perf model", _distinct(report, "perf_model", perf_model_text)),
         ("Model", _distinct(report, "model")), ("Backend", run.get("backend")), ("GPUs", gpus),
         ("Started", run.get("started_at")), ("Finished", run.get("finished_at")),
         ("Exit status", run.get("exit_status")), ("Interrupted", run.get("interrupted") or None),
         ("Host", machine.get("host")), ("Platform", machine.get("platform")), ("Python", machine.get("python")),
         ("CPU", cpu), ("Machine GPUs", ", ".join(str(g) for g in machine.get("gpus") or []) or "none found"),
         ("Command", command_text(run.get("argv"))),
-        ("Repeats", ", ".join(repeats)), ("Confidence", report.get("confidence_method")),
+        ("Repeats", ", ".join(repeats)), ("Confidence", methods or None), ("Ties", ties),
         ("Results", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"),
         ("report.json schema", report.get("schema_version")),
     ]
     known = {"id", "started_at", "finished_at", "backend", "gpus", "gpus_source", "argv", "machine",
-             "exit_status", "interrupted"}
+             "exit_status", "interrupted", "tie_margin"}
     rows += [(k, v if isinstance(v, (str, int, float)) else repr(v)) for k, v in run.items() if k not in known]
     out = ['<section id="manifest"><h2>Run manifest</h2>', _kv(rows)]
     out += [f'<div class="warn">{esc(w)}</div>' for w in report.get("warnings") or []]

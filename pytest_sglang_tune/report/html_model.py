@@ -164,8 +164,12 @@ def best_per_load(report: Mapping[str, Any], suite: str, workload: str) -> list[
     given = [b for b in ((report.get("analysis") or {}).get("best_per_load") or [])
              if b.get("suite") == suite and b.get("workload") == workload]
     picks: list[tuple[dict[str, Any], str, float | None]] = []
-    if given:
-        picks = [(dict(b.get("load") or {}), str(b.get("config_id")), b.get("score")) for b in given]
+    if given:  # several rank-1 entries per load when they are tied: the first is the pick, the rest tied_with
+        seen: set[Any] = set()
+        for b in given:
+            if load_key(b.get("load")) not in seen:
+                seen.add(load_key(b.get("load")))
+                picks.append((dict(b.get("load") or {}), str(b.get("config_id")), b.get("score")))
     else:
         for load in loads(results):
             top = [e for e in ranking if load_key(e.get("load")) == load_key(load)]
@@ -178,7 +182,8 @@ def best_per_load(report: Mapping[str, Any], suite: str, workload: str) -> list[
         level = [e for e in ranking if load_key(e.get("load")) == lk]
         entry: dict[str, Any] = next((e for e in level if str(e.get("config_id")) == cid), {})
         tied = [str(e.get("config_id")) for e in level
-                if e.get("tied") and str(e.get("config_id")) != cid and e.get("slo_pass") == entry.get("slo_pass")]
+                if e.get("tied") and str(e.get("config_id")) != cid and e.get("rank") == entry.get("rank")
+                and e.get("slo_pass") == entry.get("slo_pass")]
         res = index.get((workload, lk, cid), {"config_id": cid, "load": load})
         out.append(Best(suite, workload, load, cid, score, bool(entry.get("slo_pass")), res, tied))
     return out

@@ -137,7 +137,8 @@ def results_table(report: Mapping[str, Any], suite: str, results: list[dict[str,
         status = str(r.get("status"))
         ok = e.get("slo_pass") if e else r.get("slo_pass") if is_ranked(r) else None
         rank = e.get("rank")
-        tied = ' <span class="tied" title="confidence intervals overlap the best">tied</span>' if e.get("tied") else ""
+        tied = (' <span class="tied" title="tied: the scores differ by less than the noise (tie rule in '
+                'docs/report-schema.md); equal ranks make no claim of order">=</span>' if e.get("tied") else "")
         slo_html = ('<span class="pass">pass</span>' if ok else '<span class="fail">fail</span>' if ok is False
                     else "–")
         rank_sort = "" if rank is None else f' data-sort="{esc(rank)}"'

@@ -29,8 +29,12 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
 
         sglang-tune run 20261127-130501-3fa2 (backend sim, GPUs 2): 6 results: 5 passed, 1 infeasible
         tune_llama8b · chat @ c64 · maximize: output_throughput_per_gpu
-           1. tp2-mem0.85   score 1,234  SLO pass  ttft_ms.p99=850
+           1= tp2-mem0.85   score 1,234  SLO pass  ttft_ms.p99=850
+           1= tp2-mem0.9    score 1,230  SLO pass  ttft_ms.p99=870
+           3. tp1-mem0.85   score 1,010  SLO pass  ttft_ms.p99=640
            … 2 more ranked
+
+    ``1=`` marks configs tied by the tie rule (``stats.tied``): their order is not a claim.
         tune_llama8b: not ranked: 1 infeasible (see report.html)
     """
     run = report.get("run") or {}
@@ -60,7 +64,8 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
                 slo = "SLO pass" if entry.get("slo_pass") else "SLO MISS"
                 vals = "  ".join(f"{m}={fmt(m.value(res.get('metrics') or {}))}" for m in metrics)
                 score = fmt(entry.get("score"))
-                lines.append(f"  {entry.get('rank'):>2}. {name:<{width}}  score {score:>9}  {slo}"
+                mark = f"{entry.get('rank')}{'=' if entry.get('tied') else '.'}"
+                lines.append(f"  {mark:>3} {name:<{width}}  score {score:>9}  {slo}"
                              + (f"  {vals}" if vals else ""))
             rest = g.ranked[top:]
             if rest:

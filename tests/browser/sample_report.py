@@ -10,8 +10,8 @@ import itertools
 from typing import Any
 
 from pytest_sglang_tune.analysis import analyse
-from pytest_sglang_tune.grammar import parse_objective, parse_slo
-from pytest_sglang_tune.results import build_report
+from pytest_sglang_tune.grammar import parse_slo
+from pytest_sglang_tune.report.store import build_report
 
 CHAT_SLOS = ["ttft_ms.p99 <= 1800", "itl_ms.p95 <= 40"]
 AGENT_SLOS = ["error_rate <= 0.01", "e2e_ms.p90 <= 6000"]
@@ -77,6 +77,7 @@ def rich_report(*, with_analysis: bool = True) -> dict[str, Any]:
             extra: dict[str, Any] = {}
             if conc == 32:  # measured three times: intervals, and ties where they overlap
                 extra = {"repeats": {"n": 3, "redeploy": False},
+                         "confidence_method": {"method": "student-t over repeats (95%)", "repeats": 3},
                          "confidence": {"output_throughput_per_gpu": _ci(m["output_throughput_per_gpu"], 0.04),
                                         "ttft_ms.p99": _ci(m["ttft_ms"]["p99"], 0.08)}}
             results.append(_result("chat-tune", "chat", args, load, m, label,
@@ -116,5 +117,5 @@ def rich_report(*, with_analysis: bool = True) -> dict[str, Any]:
     report = build_report(run=run, results=results, suites=suites,
                           warnings=["chat-tune: 1 config skipped for lack of GPUs"])
     if with_analysis:
-        analyse(report, {name: parse_objective(info["objective"]) for name, info in suites.items()})
+        analyse(report)
     return report

@@ -14,7 +14,7 @@ from cdp import Chromium, Page
 from sample_report import rich_report
 
 from pytest_sglang_tune.report.html import render_html
-from pytest_sglang_tune.results import load_report
+from pytest_sglang_tune.report.store import load_report
 
 pytestmark = pytest.mark.browser
 HERE = Path(__file__).parent

@@ -1,4 +1,4 @@
-"""Controller-side assembly of a run's report: records + suites + ranking → reports/<run-id>/."""
+"""Controller-side assembly of a run's report: results + suites + ranking → reports/<run-id>/."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from pytest_sglang_tune.results import now_iso
+from pytest_sglang_tune.report.store import now_iso
+from pytest_sglang_tune.results import Result
 
 
-def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], options: Any = None,
+def suites_info(suite_files: dict[str, str], results: list[Result], options: Any = None,
                 table_for: Any = None) -> dict[str, Any]:
     """Objective, SLOs, SGLang version and excluded configs of every suite the run touched.
 
@@ -21,9 +22,9 @@ def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], opti
     from pytest_sglang_tune.suite import load_suite
 
     files = dict(suite_files)
-    for rec in records:
-        if rec.get("suite") and rec.get("suite_file"):
-            files.setdefault(rec["suite"], rec["suite_file"])
+    for r in results:
+        if r.point.suite and r.suite_file:
+            files.setdefault(r.point.suite, r.suite_file)
     out: dict[str, Any] = {}
     for name, path in files.items():
         info: dict[str, Any] = {"file": path}
@@ -52,47 +53,45 @@ def suites_info(suite_files: dict[str, str], records: list[dict[str, Any]], opti
     return out
 
 
-def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[str, Path]:
-    from pytest_sglang_tune.items import flag_table_for
-    from pytest_sglang_tune.results import build_report, machine_info, suite_objectives, write_report
+def write_run_report(session: Any, exitstatus: int) -> dict[str, Path]:
+    """report.json, report.html (and the pytest-benchmark files asked for) of the session's results."""
+    from pytest_sglang_tune.analysis import analyse
+    from pytest_sglang_tune.report.store import build_report, suite_objectives, write_report
+    from pytest_sglang_tune.results import dedupe
 
-    suites = suites_info(st.suite_files, st.records, st.options, lambda s: flag_table_for(config, s))
+    config = session.config
+    options = session.options
+    suites = suites_info(session.suite_files, session.results, options, session.flag_table_for)
     try:  # under xdist the controller never deployed: ask the backend (cheap, touches no server)
-        from pytest_sglang_tune.state import get_engine
-
-        cap = get_engine(config).capacity()
+        cap = session.engine.capacity()
     except Exception:
         cap = None
     run = {
-        "id": st.run_id,
-        "started_at": st.started_at,
+        "id": session.run_id,
+        "started_at": session.started_at,
         "finished_at": now_iso(),
-        "backend": st.options.backend,
-        "gpus": cap.gpus if cap else st.options.gpus,
+        "backend": options.backend,
+        "gpus": cap.gpus if cap else options.gpus,
         "gpus_source": cap.source if cap else None,
-        "argv": st.argv,
+        "argv": session.argv,
         "exit_status": int(exitstatus),
         "interrupted": int(exitstatus) == int(pytest.ExitCode.INTERRUPTED),
-        "machine": machine_info(),
+        "machine": session.machine(),
+        "tie_margin": options.tie_margin,
     }
-    warnings: list[str] = []  # per-result warnings stay on their results
-    objectives = suite_objectives(suites)
-    from pytest_sglang_tune.ranking import dedupe
-
-    ranking = config.hook.pytest_sglang_tune_rank(config=config, results=list(dedupe(st.records)),
-                                                  objectives=objectives)
-    report = build_report(run=run, results=st.records, suites=suites, ranking=ranking, warnings=warnings)
-    from pytest_sglang_tune.analysis import analyse
-
-    analyse(report, objectives)
+    unique = dedupe(list(session.results))
+    ranking = config.hook.pytest_sglang_tune_rank(config=config, results=[r.to_dict() for r in unique],
+                                                  objectives=suite_objectives(suites))
+    report = build_report(run=run, results=session.results, suites=suites, ranking=ranking,
+                          tie_margin=options.tie_margin)
+    analyse(report)
     config.hook.pytest_sglang_tune_update_report(config=config, report=report)
-    paths = write_report(report, st.run_dir)
-    bench_json = config.getoption("sglang_benchmark_json", None)
-    if bench_json:
+    paths = write_report(report, session.run_dir)
+    if options.benchmark_json:
         from pytest_sglang_tune.report.benchmark_json import write_json
 
-        paths["pytest-benchmark json"] = write_json(report, Path(bench_json))
-    if config.getoption("sglang_benchmark_autosave", False):
+        paths["pytest-benchmark json"] = write_json(report, options.benchmark_json)
+    if options.benchmark_autosave:
         from pytest_sglang_tune.report.benchmark_json import autosave
 
         paths["pytest-benchmark autosave"] = autosave(report, Path(str(config.rootpath)) / ".benchmarks")
@@ -103,5 +102,6 @@ def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[st
 def pytest_sglang_tune_rank(config: pytest.Config, results: list[dict[str, Any]],
                             objectives: dict[str, Any]) -> list[dict[str, Any]]:
     from pytest_sglang_tune.ranking import rank
+    from pytest_sglang_tune.session import get_session
 
-    return rank(results, objectives)
+    return rank(results, objectives, margin=get_session(config).options.tie_margin)

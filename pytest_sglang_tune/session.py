@@ -1,0 +1,428 @@
+"""``TuneSession``: the one owner of everything that lives for a pytest session.
+
+It is created in ``pytest_configure``, kept in ``config.stash`` and registered as a plugin (as pytest's junitxml
+does with ``LogXML``). It owns the engine (and through it the backend), the pending and finished results, the
+incremental ``results.jsonl``, the baseline gate, the report at the end, the terminal summary, the xdist
+hand-off (:mod:`pytest_sglang_tune.session_xdist`) and the one shutdown path (``close``).
+
+Results travel as plain dicts in ``report.user_properties`` (that is how xdist delivers them): the item keeps a
+``Result`` in its stash, a ``pytest_runtest_makereport`` wrapper attaches a finished copy to each report, and the
+controller turns the reports of one test into the final ``Result`` (status, reason) when its teardown is logged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_sglang_tune.engine import Engine
+from pytest_sglang_tune.items import ERROR, RESULTS, SuiteItem, config_key_of
+from pytest_sglang_tune.options import Options
+from pytest_sglang_tune.report.store import RESULTS_JSONL, ResultsLog, now_iso
+from pytest_sglang_tune.results import Result
+
+RESULT_KEY = "sglang_tune_result"
+ERROR_KEY = "sglang_tune_error"
+SESSION = pytest.StashKey["TuneSession"]()
+JUNIT_METRICS = ("output_throughput", "output_throughput_per_gpu", "request_throughput", "goodput", "error_rate",
+                 "ttft_ms.p50", "ttft_ms.p99", "itl_ms.p50", "itl_ms.p95", "tpot_ms.mean", "e2e_ms.p99")
+
+
+def get_session(config: pytest.Config) -> TuneSession:
+    return config.stash[SESSION]
+
+
+@dataclass
+class _Pending:
+    results: list[Result]
+    status: str | None = None
+    reason: str | None = None
+    log_tail: str | None = None
+
+
+@dataclass(eq=False)  # a plugin object: hashable by identity
+class TuneSession:
+    config: pytest.Config
+    options: Options
+    run_id: str
+    started_at: str
+    controller: bool
+    argv: list[str]
+    lease_dir: Path
+    worker_id: str | None = None
+    _engine: Engine | None = None
+    results: list[Result] = field(default_factory=list)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    report_paths: dict[str, Path] = field(default_factory=dict)
+    suite_files: dict[str, str] = field(default_factory=dict)
+    worker_notes: list[str] = field(default_factory=list)    # xdist: the workers' backend notes, for the summary
+    worker_created: list[Any] = field(default_factory=list)  # xdist: run-wide objects workers created (to remove)
+    _log: ResultsLog | None = None
+    _baseline: dict[str, Any] | None = None
+    _machine: dict[str, Any] | None = None
+    _introspected: dict[str, Any] = field(default_factory=dict)
+    _closed: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.options.report_dir / self.run_id
+
+    # --- the backend and its engine ---------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """The engine of this process, made on first use (a session without suite items touches no backend)."""
+        if self._engine is None:
+            from pytest_sglang_tune.backends.base import BackendContext, as_backend
+            from pytest_sglang_tune.backends.registry import BUILTIN_NAMES
+
+            context = BackendContext(options=self.options, run_id=self.run_id, log_dir=self.run_dir / "logs",
+                                     worker_id=self.worker_id, progress=terminal_progress(self.config,
+                                                                                          self.options.backend))
+            made = self.config.hook.pytest_sglang_tune_make_backend(config=self.config, name=self.options.backend,
+                                                                    gpus=self.options.gpus, context=context)
+            if made is None:
+                raise pytest.UsageError(f"--backend={self.options.backend!r}: no plugin made a backend of that name "
+                                        f"(built-in: {', '.join(BUILTIN_NAMES)}; a conftest adds one by returning "
+                                        "it from pytest_sglang_tune_make_backend)")
+            try:
+                backend = as_backend(made)
+            except TypeError as exc:
+                raise pytest.UsageError(f"--backend={self.options.backend!r}: {exc}") from None
+            self._engine = Engine(options=self.options, run_id=self.run_id, backend=backend,
+                                  lease_dir=self.lease_dir)
+        return self._engine
+
+    def backend_names(self) -> list[str]:
+        from pytest_sglang_tune.backends.registry import BUILTIN_NAMES
+
+        return list(dict.fromkeys([*BUILTIN_NAMES, self.options.backend]))
+
+    def knows_backend(self, name: str) -> bool:
+        return name in self.backend_names()
+
+    def flag_table_for(self, suite: Any) -> Any:
+        """The flags of the SGLang that will run: introspected from the local launcher's Python when it can import
+        SGLang (cached per interpreter), else None (``expand`` then uses the shipped table of the suite's version)."""
+        if self.options.backend != "local":
+            return None
+        from pytest_sglang_tune.backends.local import DEFAULT_LAUNCHER, parse_launcher
+        from pytest_sglang_tune.flags import introspect_flag_table
+
+        argv = parse_launcher(suite.backend_settings("local").get("launcher") or self.options.launcher
+                              or DEFAULT_LAUNCHER)
+        if argv[1:3] != ["-m", "sglang.launch_server"] or shutil.which(argv[0]) is None:
+            return None  # a wrapper script (we cannot know which SGLang it runs), or deploying reports it missing
+        if argv[0] not in self._introspected:
+            self._introspected[argv[0]] = introspect_flag_table(argv[0])
+        return self._introspected[argv[0]]
+
+    # --- what this run is, for comparisons --------------------------------------------------------------------
+    def machine(self) -> dict[str, Any]:
+        if self._machine is None:
+            from pytest_sglang_tune.report.store import machine_info
+
+            self._machine = machine_info()
+        return self._machine
+
+    def run_facts(self) -> dict[str, Any]:
+        """The parts of ``run`` that comparability looks at, known in any process (worker or controller)."""
+        return {"backend": self.options.backend, "machine": self.machine()}
+
+    def check_baseline(self, result: Result) -> tuple[Result, list[str]]:
+        """The baseline gate: the same comparability check as ``sglang-tune diff``, then the thresholds.
+        Returns the result (with the baseline's metrics and any warnings) and why the test must fail."""
+        if self.options.baseline is None:
+            return result, []
+        from pytest_sglang_tune.diff import comparability_of
+        from pytest_sglang_tune.report.store import load_report
+        from pytest_sglang_tune.results import as_result
+
+        if self._baseline is None:
+            report = load_report(self.options.baseline)
+            self._baseline = {"run": report["run"],
+                              "by_slot": {as_result(r).point.slot: r for r in report["results"]}}
+        base = self._baseline["by_slot"].get(result.point.slot)
+        if base is None:
+            return result.with_(warnings=(*result.warnings, "no matching point in the baseline report")), []
+        problems = comparability_of(self._baseline["run"], [base], self.run_facts(), [result])
+        result = result.with_(baseline_metrics=base.get("metrics"))
+        if problems and not self.options.allow_different:
+            return result, [f"not comparable with the baseline {self.options.baseline}: " + "; ".join(problems) +
+                            " (--sglang-allow-different compares anyway)"]
+        warnings = [f"COMPARING DIFFERENT SETUPS with the baseline: {p}" for p in problems]
+        failures = []
+        old_metrics, new_metrics = base.get("metrics") or {}, dict(result.metrics or {})
+        for t in self.options.fail_on:
+            old, new = t.metric.value(old_metrics), t.metric.value(new_metrics)
+            if old is not None and new is not None and t.crossed(old, new):
+                pct = (new - old) / abs(old) * 100
+                failures.append(f"{t.metric} {old:.4g} → {new:.4g} ({pct:+.1f}%) crosses {t}")
+        if failures:
+            failures = ["regressed against the baseline: " + "; ".join(failures)]
+        return result.with_(warnings=(*result.warnings, *warnings)), failures
+
+    # --- hooks: collection ------------------------------------------------------------------------------------
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        tune_items = [it for it in items if isinstance(it, SuiteItem)]
+        if not tune_items:
+            return
+        if self.options.resume:
+            path, done = load_resume(self.options.resume)
+            from pytest_sglang_tune.points import resume_key
+
+            for it in tune_items:
+                prev = done.get(resume_key(it.result))
+                if prev is not None:
+                    it.resumed = (path, prev)
+        engine = self.engine
+        for it in tune_items:
+            self.suite_files[it.suite.name] = str(it.suite.path)
+            problem = engine.capacity_problem(it.cfg, it.suite.backend_settings(self.options.backend))
+            if problem is None:
+                continue
+            if self.options.require_capacity:
+                it.capacity_problem = problem
+            else:
+                it.add_marker(pytest.mark.skip(reason=problem))
+
+    # --- hooks: each test -------------------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+        report = yield
+        results = item.stash.get(RESULTS, None)
+        if results:
+            report.user_properties.append((RESULT_KEY, [r.to_dict() for r in results]))
+            error = item.stash.get(ERROR, None)
+            if error:
+                report.user_properties.append((ERROR_KEY, dict(error)))
+        return report
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        key = config_key_of(item)
+        if key is None or self._engine is None:
+            return
+        if self._engine.live is not None and config_key_of(nextitem) != key:
+            self._engine.release()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.controller:
+            return
+        dicts: list[Any] = [v for k, v in report.user_properties if k == RESULT_KEY]
+        if not dicts:
+            return
+        results = [Result.from_dict(d) for d in dicts[-1]]
+        errors: list[Any] = [v for k, v in report.user_properties if k == ERROR_KEY]
+        error: dict[str, Any] = dict(errors[-1]) if errors else {}
+        # JUnit XML (and other readers of user_properties) get flat, redacted key metrics, not the whole result
+        report.user_properties = [(k, v) for k, v in report.user_properties if k not in (RESULT_KEY, ERROR_KEY)]
+        report.user_properties += junit_properties(results)
+        pend = self.pending.setdefault(report.nodeid, _Pending(results))
+        pend.results = results
+        if report.when == "setup":
+            if report.skipped and error.get("status") == "infeasible":
+                pend.status, pend.reason, pend.log_tail = "infeasible", error.get("reason"), error.get("log_tail")
+            elif report.skipped:
+                pend.status, pend.reason = "skipped", skip_reason(report)
+            elif report.failed:
+                pend.status = error.get("status", "error")
+                pend.reason = error.get("reason") or short_report(report)
+                pend.log_tail = error.get("log_tail")
+        elif report.when == "call":
+            if report.passed:
+                pend.status = "passed"
+            elif report.skipped:
+                pend.status, pend.reason = "skipped", skip_reason(report)
+            else:
+                pend.status = "failed"
+                pend.reason = error.get("reason") or short_report(report)
+                pend.log_tail = error.get("log_tail")
+        elif report.when == "teardown":
+            done = self.pending.pop(report.nodeid)
+            if report.failed and done.status in (None, "passed"):
+                done.status, done.reason = "error", "teardown failed: " + short_report(report)
+            self.finish(done)
+
+    def finish(self, done: _Pending) -> None:
+        """The final results of one test: status and reason, redacted, into the report and results.jsonl."""
+        from pytest_sglang_tune.redact import redact
+
+        for r in done.results:
+            final = r.with_(status=done.status or "error", reason=done.reason, log_tail=done.log_tail or None,
+                            finished_at=now_iso())
+            final = Result.from_dict(redact(final.to_dict()))
+            self.results.append(final)
+            if self._log is None:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._log = ResultsLog(self.run_dir / RESULTS_JSONL)
+            self._log.append(final.to_dict())
+
+    # --- hooks: the end ---------------------------------------------------------------------------------------
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.stop_backend()
+        if not self.controller:
+            return
+        for nodeid in list(self.pending):  # interrupted mid-test: keep what we know
+            done = self.pending.pop(nodeid)
+            done.status = done.status or "error"
+            done.reason = done.reason or "interrupted"
+            self.finish(done)
+        if self.results:
+            from pytest_sglang_tune.report.run import write_run_report
+
+            self.report_paths = write_run_report(self, exitstatus)
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if not self.controller or not self.report_paths:
+            return
+        from pytest_sglang_tune.report.store import load_report
+        from pytest_sglang_tune.report.terminal import summary_lines
+
+        tr = terminalreporter
+        tr.section("sglang-tune: top configurations")
+        for line in summary_lines(load_report(self.report_paths["json"])):
+            tr.write_line(line)
+        for kind, path in self.report_paths.items():
+            tr.write_line(f"{kind}: {path}")
+        notes = self._engine.backend.notes() if self._engine is not None else []
+        for note in self.worker_notes + [n for n in notes if n not in self.worker_notes]:
+            tr.write_line(f"{self.options.backend}: {note}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.close()
+
+    def stop_backend(self) -> None:
+        """Stop the live server. Run-wide objects (an OME runtime, model or namespace this run created) are
+        removed only when the run is over: an xdist worker hands them, with its notes, to the controller
+        (``workeroutput``), which removes them after the last worker is done; without xdist this process does."""
+        if self._engine is None and not self.worker_created:
+            return
+        engine = self.engine
+        engine.shutdown()
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker
+            workeroutput["sglang_tune"] = {"notes": engine.backend.notes(), "created": engine.backend.handoff()}
+            return
+        if self.worker_created:
+            engine.backend.adopt(self.worker_created)
+            self.worker_created = []
+        engine.backend.close()
+
+    def close(self) -> None:
+        """The one shutdown path (``pytest_unconfigure``, also after Ctrl-C or an internal error)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._engine is not None:
+                self._engine.shutdown()
+                if getattr(self.config, "workeroutput", None) is None:
+                    self._engine.backend.close()
+        finally:
+            if self.controller:
+                shutil.rmtree(self.lease_dir, ignore_errors=True)  # the run's GPU lease state
+
+
+def start_session(config: pytest.Config, options: Options) -> TuneSession:
+    """Create this process's session owner (controller, or an xdist worker joining the controller's run)."""
+    from pytest_sglang_tune.report.store import new_run_id
+
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "sglang_tune_run_id" in workerinput:
+        run_id, started, controller = workerinput["sglang_tune_run_id"], workerinput["sglang_tune_started_at"], False
+    else:
+        run_id, started, controller = new_run_id(), now_iso(), True
+    session = TuneSession(config=config, options=options, run_id=run_id, started_at=started, controller=controller,
+                          argv=list(sys.argv), lease_dir=Path(tempfile.gettempdir()) / f"sglang-tune-{run_id}",
+                          worker_id=(workerinput or {}).get("workerid"))
+    config.stash[SESSION] = session
+    config.pluginmanager.register(session, "sglang-tune-session")
+    if config.pluginmanager.hasplugin("xdist"):
+        from pytest_sglang_tune.session_xdist import XdistHooks
+
+        config.pluginmanager.register(XdistHooks(session), "sglang-tune-xdist")
+    return session
+
+
+def junit_properties(results: list[Result]) -> list[tuple[str, object]]:
+    from pytest_sglang_tune.grammar import parse_metric
+    from pytest_sglang_tune.redact import redact
+
+    props: list[tuple[str, object]] = []
+    for i, r in enumerate(results):
+        prefix = "sglang" if len(results) == 1 else f"sglang.{i}"
+        load = ",".join(f"{k}={v}" for k, v in r.point.load.items() if v is not None)
+        props += [(f"{prefix}.config_id", r.point.config_id), (f"{prefix}.workload", r.point.workload),
+                  (f"{prefix}.load", load)]
+        metrics = dict(r.metrics or {})
+        for name in JUNIT_METRICS if metrics else ():
+            value = parse_metric(name).value(metrics)
+            if value is not None:
+                props.append((f"{prefix}.{name}", round(value, 4)))
+        if r.slo_pass is not None:
+            props.append((f"{prefix}.slo_pass", r.slo_pass))
+    return redact(props)  # type: ignore[no-any-return]
+
+
+def load_resume(path_text: str) -> tuple[Path, dict[tuple[Any, ...], Result]]:
+    """``--sglang-resume``: the passed results of an earlier run, by what must be equal to reuse them."""
+    from pytest_sglang_tune.points import resume_key
+
+    path = Path(path_text)
+    if path.is_dir():
+        path = path / RESULTS_JSONL
+    if not path.is_file():
+        raise pytest.UsageError(f"--sglang-resume={path_text!r}: no {RESULTS_JSONL} there (give a run directory "
+                                f"such as reports/<run-id> or its {RESULTS_JSONL}).")
+    done = {}
+    for rec in ResultsLog.read(path):
+        r = Result.from_dict(rec)
+        if r.status == "passed" and r.metrics:
+            done[resume_key(r)] = r
+    return path, done
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        return str(lr[2]).removeprefix("Skipped: ")
+    return str(lr)
+
+
+def short_report(report: pytest.TestReport) -> str:
+    text = report.longreprtext.strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "Error:" in ln or ln.startswith("E "):
+            return ln.removeprefix("E ").strip()[:500]
+    return (lines[-1] if lines else "")[:500]
+
+
+def terminal_progress(config: pytest.Config, backend: str) -> Callable[[str], None]:
+    """Progress lines on pytest's terminal, past output capturing (xdist workers have no terminal: their real
+    stderr, which xdist shows)."""
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    capman = config.pluginmanager.getplugin("capturemanager")
+    prefix = f"sglang-tune {backend}"
+    if tr is None or capman is None:
+        def to_stderr(msg: str) -> None:
+            stream = sys.__stderr__
+            if stream is not None:
+                stream.write(f"\n{prefix}: {msg}\n")
+                stream.flush()
+        return to_stderr
+
+    def emit(msg: str) -> None:
+        with capman.global_and_fixture_disabled():
+            tr.ensure_newline()
+            tr.write_line(f"{prefix}: {msg}")
+    return emit
