@@ -100,8 +100,8 @@ def _workload(sc: Scenario) -> Any:
 
 def run_ours(url: str, sc: Scenario, transport: str) -> dict[str, Any]:
     from pytest_sglang_tune.backends.base import Endpoint
+    from pytest_sglang_tune.loadgen.point import run_point
     from pytest_sglang_tune.loadgen.prompts import build_requests
-    from pytest_sglang_tune.loadgen.runner import run_point
 
     wl, load = _workload(sc)
     keys = [zlib.crc32(r.body) for r in build_requests(wl, "gt")]

@@ -56,8 +56,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pytest_sglang_tune.backends.base import Endpoint
     from pytest_sglang_tune.grammar import parse_slo
-    from pytest_sglang_tune.loadgen.runner import run_point
-    from pytest_sglang_tune.loadgen.workload import FROM_DATASET, Load, SharedPrefix, Workload, parse_scenario
+    from pytest_sglang_tune.loadgen.point import run_point
+    from pytest_sglang_tune.loadgen.workload import FROM_DATASET, SharedPrefix, Workload, loads_from, parse_scenario
     from pytest_sglang_tune.metrics import summarize
     from pytest_sglang_tune.report.json import dumps
     from pytest_sglang_tune.report.store import atomic_write_text, build_report, machine_info, new_run_id, now_iso
@@ -79,12 +79,11 @@ def run(args: argparse.Namespace) -> int:
     except (SuiteError, GrammarError, ValueError) as exc:
         print(f"sglang-tune bench: error: {exc}", file=sys.stderr)
         return 2
-    loads: list[Load]
-    if rates:
-        cap = args.concurrency[0] if len(args.concurrency) == 1 else None
-        loads = [Load(concurrency=cap, request_rate=r) for r in rates]
-    else:
-        loads = [Load(concurrency=c) for c in (args.concurrency or [1])]
+    try:
+        loads = loads_from(args.concurrency or ([] if rates else [1]), rates)
+    except SuiteError as exc:
+        print(f"sglang-tune bench: error: --concurrency/--request-rate: {exc}", file=sys.stderr)
+        return 2
     endpoint = Endpoint(args.url, args.model, api_key=args.api_key)
     run_id, started = new_run_id(), now_iso()
     results = []

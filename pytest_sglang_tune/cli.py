@@ -76,7 +76,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pytest_sglang_tune.errors import TuneError
-    from pytest_sglang_tune.suite import validate_suite_file
+    from pytest_sglang_tune.space import validate_suite_file
 
     bad = 0
     for path in args.suites:

@@ -161,7 +161,7 @@ class Engine:
     def measure(self, live: Live, workload: Workload, load: Load, slos: Sequence[SLO], gpus: int, *,
                 wanted: Sequence[str] = (), seed: int = 0) -> Measurement:
         """Run one point; ``wanted`` metrics get 95 % intervals from the point's own requests (``stats``)."""
-        from pytest_sglang_tune.loadgen.runner import run_point
+        from pytest_sglang_tune.loadgen.point import run_point
         from pytest_sglang_tune.metrics import point_intervals, summarize
         from pytest_sglang_tune.readiness import flush_and_drain, get_server_info
 

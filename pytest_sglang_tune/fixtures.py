@@ -43,8 +43,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: the sglang_server / sglang_bench fixtures need a "
                                 "@pytest.mark.sglang_tune(model=..., server=...) marker on the test")
     from pytest_sglang_tune.items import check_priced
-    from pytest_sglang_tune.session import get_session
     from pytest_sglang_tune.space import expand
+    from pytest_sglang_tune.stash import get_session
     from pytest_sglang_tune.suite import suite_from_data
 
     data = dict(marker.kwargs)
@@ -68,7 +68,7 @@ def sglang_config(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def sglang_server(request: pytest.FixtureRequest, sglang_config: Any) -> Server:
     """A ready SGLang server for the test's configuration, shared by the consecutive tests of that config."""
-    from pytest_sglang_tune.session import get_session
+    from pytest_sglang_tune.stash import get_session
 
     suite, cfg, table = sglang_config
     session = get_session(request.config)
@@ -88,10 +88,9 @@ def sglang_bench(request: pytest.FixtureRequest, sglang_server: Server, sglang_c
 
     Runs one point against ``sglang_server`` and records it like a YAML suite's point (report, ranking).
     """
-    from pytest_sglang_tune.items import RESULTS
     from pytest_sglang_tune.loadgen.workload import Load, Workload, parse_scenario
     from pytest_sglang_tune.points import interval_seed, new_result, wanted_metrics, with_deployment, with_measurement
-    from pytest_sglang_tune.session import get_session
+    from pytest_sglang_tune.stash import RESULTS, get_session
 
     suite, cfg, _table = sglang_config
     session = get_session(request.config)

@@ -23,9 +23,7 @@ from pytest_sglang_tune.points import (
     with_measurement,
 )
 from pytest_sglang_tune.results import Result
-
-RESULTS = pytest.StashKey[list[Result]]()
-ERROR = pytest.StashKey[dict[str, Any]]()
+from pytest_sglang_tune.stash import ERROR, RESULTS, get_session
 
 
 def item_name(workload: Any, cfg: Any, load: Any) -> str:
@@ -56,7 +54,6 @@ class SuiteFile(pytest.File):
     """A ``tune_*.yaml`` suite: one test item per (config × workload × load level)."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from pytest_sglang_tune.session import get_session
         from pytest_sglang_tune.space import expand
         from pytest_sglang_tune.suite import load_suite
 
@@ -85,8 +82,6 @@ class SuiteItem(pytest.Item):
 
     def __init__(self, *, suite: Any, cfg: Any, workload: Any, load: Any, table: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from pytest_sglang_tune.session import get_session
-
         self.suite = suite
         self.cfg = cfg
         self.workload = workload
@@ -206,5 +201,5 @@ def config_key_of(item: pytest.Item | None) -> tuple[str, str] | None:
     return None
 
 
-__all__ = ["ERROR", "RESULTS", "SuiteFile", "SuiteItem", "check_priced", "config_key_of",
+__all__ = ["SuiteFile", "SuiteItem", "check_priced", "config_key_of",
            "item_name", "note_error"]

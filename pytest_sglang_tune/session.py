@@ -23,20 +23,16 @@ from typing import Any
 import pytest
 
 from pytest_sglang_tune.engine import Engine
-from pytest_sglang_tune.items import ERROR, RESULTS, SuiteItem, config_key_of
+from pytest_sglang_tune.items import SuiteItem, config_key_of
 from pytest_sglang_tune.options import Options
 from pytest_sglang_tune.report.store import RESULTS_JSONL, ResultsLog, now_iso
 from pytest_sglang_tune.results import Result
+from pytest_sglang_tune.stash import ERROR, RESULTS, SESSION
 
 RESULT_KEY = "sglang_tune_result"
 ERROR_KEY = "sglang_tune_error"
-SESSION = pytest.StashKey["TuneSession"]()
 JUNIT_METRICS = ("output_throughput", "output_throughput_per_gpu", "request_throughput", "goodput", "error_rate",
                  "ttft_ms.p50", "ttft_ms.p99", "itl_ms.p50", "itl_ms.p95", "tpot_ms.mean", "e2e_ms.p99")
-
-
-def get_session(config: pytest.Config) -> TuneSession:
-    return config.stash[SESSION]
 
 
 @dataclass

@@ -23,10 +23,11 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_sglang_tune.errors import FlagError, SuiteError
-from pytest_sglang_tune.suite import Suite
+from pytest_sglang_tune.suite import Suite, load_suite
 
 ABBREVIATIONS: dict[str, str] = {
     "--tp-size": "tp",
@@ -323,3 +324,13 @@ def _with_display_ids(configs: Sequence[TuneConfig], varying: Sequence[str]) -> 
             label = f"{label}~{cfg.short_hash[:4]}"
         out.append(TuneConfig(cfg.suite, cfg.server_args, cfg.non_default, cfg.gpus, cfg.config_id, label))
     return out
+
+
+def validate_suite_file(path: Path | str) -> str:
+    """Check a suite and its flags without deploying; return a one-line summary (used by ``sglang-tune validate``)."""
+    suite = load_suite(path)
+    expansion = expand(suite)
+    points = sum(len(w.loads) for w in suite.workloads)
+    return (f"{path}: ok — suite {suite.name!r}, SGLang {expansion.flags.version} ({expansion.flags.source}), "
+            f"{len(expansion.configs)} configs ({len(expansion.excluded)} excluded by constraints), "
+            f"{len(suite.workloads)} workloads, {len(expansion.configs) * points} tests")

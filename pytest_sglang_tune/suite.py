@@ -38,9 +38,9 @@ from pytest_sglang_tune.grammar import DEFAULT_OBJECTIVE, SLO, Objective, parse_
 from pytest_sglang_tune.loadgen.workload import (
     ENDPOINTS,
     LengthDist,
-    Load,
     SharedPrefix,
     Workload,
+    loads_from,
     parse_scenario,
 )
 from pytest_sglang_tune.yamlpos import Pos, line_of, load_yaml_with_lines
@@ -325,19 +325,10 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
                     "workloads", i)
     concs = _num_list(c, conc, "concurrency", "workloads", i, "concurrency") if conc is not None else []
     rates = _num_list(c, rate, "request_rate", "workloads", i, "request_rate") if rate is not None else []
-    loads: list[Load]
-    if concs and rates:
-        if len(rates) == 1:
-            loads = [Load(concurrency=cc, request_rate=rates[0]) for cc in concs]
-        elif len(concs) == 1:
-            loads = [Load(concurrency=concs[0], request_rate=r) for r in rates]
-        else:
-            raise c.err("with both concurrency and request_rate, one of them must be a single value "
-                        "(it caps or paces every level of the other)", "workloads", i)
-    elif concs:
-        loads = [Load(concurrency=cc) for cc in concs]
-    else:
-        loads = [Load(request_rate=r) for r in rates]
+    try:
+        loads = loads_from(concs, rates)
+    except SuiteError as exc:
+        raise c.err(exc.bare_message, "workloads", i) from None
     shared = w.get("shared_prefix")
     sp = None
     if shared is not None:
@@ -379,15 +370,3 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
         seed=c.int_(seed, "workloads", i, "seed", minimum=0),
         max_duration_s=c.number(max_dur, "workloads", i, "max_duration_s") if max_dur is not None else None,
     )
-
-
-def validate_suite_file(path: Path | str) -> str:
-    """Check a suite and its flags without deploying; return a one-line summary (used by ``sglang-tune validate``)."""
-    from pytest_sglang_tune.space import expand
-
-    suite = load_suite(path)
-    expansion = expand(suite)
-    points = sum(len(w.loads) for w in suite.workloads)
-    return (f"{path}: ok — suite {suite.name!r}, SGLang {expansion.flags.version} ({expansion.flags.source}), "
-            f"{len(expansion.configs)} configs ({len(expansion.excluded)} excluded by constraints), "
-            f"{len(suite.workloads)} workloads, {len(expansion.configs) * points} tests")

@@ -11,8 +11,8 @@ import requests
 from servers import serving
 
 from pytest_sglang_tune.backends.base import Endpoint
+from pytest_sglang_tune.loadgen.point import run_point
 from pytest_sglang_tune.loadgen.prompts import build_requests
-from pytest_sglang_tune.loadgen.runner import run_point
 from pytest_sglang_tune.loadgen.workload import Load, Workload, parse_scenario
 
 GROUNDTRUTH = [__import__("sys").executable, str(Path(__file__).resolve().parents[1] / "benchmarks" /

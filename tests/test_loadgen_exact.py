@@ -13,7 +13,7 @@ import pytest
 from servers import serving
 
 from pytest_sglang_tune.backends.base import Endpoint
-from pytest_sglang_tune.loadgen.runner import run_point
+from pytest_sglang_tune.loadgen.point import run_point
 from pytest_sglang_tune.loadgen.workload import Load, SharedPrefix, Workload, parse_scenario
 from pytest_sglang_tune.metrics import summarize
 

@@ -10,7 +10,7 @@ from test_loadgen_workloads import MODEL, sim_url  # noqa: F401  (the module-sco
 from pytest_sglang_tune.backends.base import Endpoint
 from pytest_sglang_tune.errors import ServerCrashed
 from pytest_sglang_tune.loadgen.multiproc import merge, shares, shift_sample
-from pytest_sglang_tune.loadgen.runner import run_point
+from pytest_sglang_tune.loadgen.point import run_point
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.workload import Load, Workload, parse_scenario
 from pytest_sglang_tune.metrics import summarize

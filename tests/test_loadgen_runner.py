@@ -23,8 +23,9 @@ from aiohttp import web
 from pytest_sglang_tune.backends.base import Endpoint
 from pytest_sglang_tune.errors import ServerCrashed
 from pytest_sglang_tune.loadgen.arrivals import arrival_offsets
+from pytest_sglang_tune.loadgen.point import run_point
 from pytest_sglang_tune.loadgen.prompts import VOCAB_CANDIDATES
-from pytest_sglang_tune.loadgen.runner import run_point, run_point_async
+from pytest_sglang_tune.loadgen.runner import run_point_async
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.workload import Load, SharedPrefix, Workload, parse_scenario
 from pytest_sglang_tune.metrics import summarize

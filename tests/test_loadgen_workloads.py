@@ -17,8 +17,8 @@ from pytest_sglang_tune.backends.base import Endpoint
 from pytest_sglang_tune.errors import SuiteError
 from pytest_sglang_tune.loadgen.arrivals import arrival_offsets
 from pytest_sglang_tune.loadgen.dataset import Exchange, estimate_tokens, exchanges, sample_conversations
+from pytest_sglang_tune.loadgen.point import run_point
 from pytest_sglang_tune.loadgen.prompts import build_requests
-from pytest_sglang_tune.loadgen.runner import run_point
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, turn_body
 from pytest_sglang_tune.loadgen.windows import apply_windows, finish_point

@@ -245,3 +245,87 @@ def test_local_backend_validates_against_the_launchers_real_sglang(pytester: pyt
     result.stdout.fnmatch_lines(["*chat?oin2-c1?*", "*4 tests collected*"])  # a flag only that SGLang knows
     result = pytester.runpytest("--backend=sim", "--collect-only", "-q")  # the sim: the shipped 0.5.23 table
     result.stdout.fnmatch_lines(["*unknown SGLang flag '--only-in-nine' for SGLang 0.5.23*"])
+
+
+MYCLOUD_CONFTEST = '''
+import socket, subprocess, sys
+from pytest_sglang_tune.backends.base import Capacity, Endpoint
+
+
+class CloudDeployment:
+    def __init__(self, proc, port, model):
+        self.proc = proc
+        self.endpoint = Endpoint(f"http://127.0.0.1:{port}", model)
+        self.launch_command = list(proc.args)
+        self.info = {"image": "mycloud/sglang:1"}
+
+    def poll(self):
+        rc = self.proc.poll()
+        return None if rc is None else f"exited with {rc}"
+
+    def logs(self, tail=50):
+        return ""
+
+
+class MyCloud:  # only the four required members
+    name = "mycloud"
+
+    def capacity(self):
+        return Capacity(3, "mycloud quota: 3 GPUs")
+
+    def start(self, spec):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "pytest_sglang_tune.sim", "--model-path", spec.model_path, "--port", str(port),
+               "--served-model-name", spec.served_model_name, *spec.argv]
+        return CloudDeployment(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT), port,
+                               spec.served_model_name)
+
+    def stop(self, deployment):
+        deployment.proc.kill()
+        deployment.proc.wait()
+
+
+def pytest_sglang_tune_make_backend(config, name, gpus, context):
+    if name == "mycloud":
+        return MyCloud()
+'''
+
+MYCLOUD_SUITE = """\
+model: {path: Qwen/Qwen3-8B, served_name: qwen}
+backends:
+  mycloud: {region: eu-1}
+server:
+  grid:
+    tp-size: [1, 4]
+workloads:
+  - name: chat
+    scenario: D(16,4)
+    num_requests: 2
+    warmup_requests: 0
+    concurrency: [1]
+"""
+
+
+@pytest.mark.slow
+def test_a_conftest_backend_with_four_members_runs_without_editing_the_package(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(MYCLOUD_CONFTEST)
+    pytester.makefile(".yaml", tune_cloud=MYCLOUD_SUITE)
+    result = pytester.runpytest("--backend=mycloud", "-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1)  # tp4 needs 4 GPUs: its own capacity says 3
+    result.stdout.fnmatch_lines(["*sglang-tune run * (backend mycloud, GPUs 3)*",
+                                 "*config needs 4 GPU(s) (tp × dp × pp) but 3 available (mycloud quota: 3 GPUs)*"])
+    (report,) = (pytester.path / "reports").glob("*/report.json")
+    data = json.loads(report.read_text())
+    passed = [r for r in data["results"] if r["status"] == "passed"]
+    assert passed[0]["image"] == "mycloud/sglang:1" and passed[0]["metrics"]["completed"] == 2
+
+
+def test_an_unknown_backend_name_with_a_make_backend_plugin_is_checked_when_made(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(MYCLOUD_CONFTEST)
+    pytester.makefile(".yaml", tune_cloud=MYCLOUD_SUITE)
+    result = pytester.runpytest("--backend=othercloud", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--backend='othercloud': no plugin made a backend of that name (built-in: sim, "
+                                 "local, docker, ome*"])

@@ -9,8 +9,8 @@ import pytest
 
 from pytest_sglang_tune.errors import FlagError, SuiteError
 from pytest_sglang_tune.loadgen.workload import LengthDist, Load, parse_scenario
-from pytest_sglang_tune.space import expand
-from pytest_sglang_tune.suite import load_suite, validate_suite_file
+from pytest_sglang_tune.space import expand, validate_suite_file
+from pytest_sglang_tune.suite import load_suite
 
 GOOD = """\
 model: {path: Qwen/Qwen3-8B, served_name: qwen}

@@ -32,6 +32,15 @@ from typing import Any
 
 from pytest_sglang_tune.backends.base import Endpoint
 from pytest_sglang_tune.loadgen.prompts import ChatCalibration
+from pytest_sglang_tune.loadgen.runner import (
+    _cancel,
+    _check_load,
+    _Point,
+    _watch,
+    measure_async,
+    new_loop_runner,
+    run_point_single,
+)
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.workload import Load, Workload
 
@@ -77,7 +86,6 @@ async def _recv_all(conns: list[Connection]) -> list[Any]:
 def _child(conn: Connection, endpoint: Endpoint, workload: Workload, load: Load, shard: tuple[int, int],
            calibration: ChatCalibration | None, timeout_s: float, transport: str) -> None:
     """A load-generator process: its shard of the point, then ``("result", point, indices, offset)``."""
-    from pytest_sglang_tune.loadgen.runner import measure_async, new_loop_runner
 
     async def start_at() -> float:
         conn.send(("ready",))
@@ -159,7 +167,6 @@ async def _parent(endpoint: Endpoint, workload: Workload, load: Load, n: int, *,
     import aiohttp
 
     from pytest_sglang_tune.loadgen.client import metrics_delta
-    from pytest_sglang_tune.loadgen.runner import _cancel, _Point, _watch
 
     probe = _Point(endpoint, workload, load, None, scrape_metrics)  # calibration, scrapes and warnings
     calibration = await probe._calibrate() if workload.endpoint == "chat" else None
@@ -245,8 +252,7 @@ async def _parent(endpoint: Endpoint, workload: Workload, load: Load, n: int, *,
 def run_point_procs(endpoint: Endpoint, workload: Workload, load: Load, *, procs: int,
                     watchdog: Callable[[], None] | None = None, scrape_metrics: bool = False,
                     timeout_s: float = 600.0, transport: str = "auto") -> PointResult:
-    """``runner.run_point`` over ``procs`` processes (fewer when the point has fewer units or streams)."""
-    from pytest_sglang_tune.loadgen.runner import _check_load, new_loop_runner, run_point
+    """``runner.run_point_single`` over ``procs`` processes (fewer when the point has fewer units or streams)."""
     from pytest_sglang_tune.loadgen.windows import finish_point
 
     _check_load(load)
@@ -254,8 +260,8 @@ def run_point_procs(endpoint: Endpoint, workload: Workload, load: Load, *, procs
         raise ValueError(f"procs must be at least 1, got {procs!r}")
     n = shares(workload, load, procs)
     if n == 1:
-        return run_point(endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics,
-                         timeout_s=timeout_s, transport=transport)
+        return run_point_single(endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics,
+                                timeout_s=timeout_s, transport=transport)
     with new_loop_runner() as runner:
         point = runner.run(_parent(endpoint, workload, load, n, watchdog=watchdog, scrape_metrics=scrape_metrics,
                                    timeout_s=timeout_s, transport=transport))

@@ -479,7 +479,7 @@ def new_loop_runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=factory)
 
 
-def run_point(
+def run_point_single(
     endpoint: Endpoint,
     workload: Workload,
     load: Load,
@@ -488,17 +488,9 @@ def run_point(
     scrape_metrics: bool = False,
     timeout_s: float = 600.0,
     transport: str = "auto",
-    procs: int = 1,
 ) -> PointResult:
     """Synchronous ``run_point_async`` on a fresh event loop (uvloop when installed); not inside a loop.
-
-    ``procs > 1`` spreads the point over that many processes (``loadgen.multiproc``), merged exactly.
-    """
-    if procs > 1:
-        from pytest_sglang_tune.loadgen.multiproc import run_point_procs
-
-        return run_point_procs(endpoint, workload, load, procs=procs, watchdog=watchdog,
-                               scrape_metrics=scrape_metrics, timeout_s=timeout_s, transport=transport)
+    (``loadgen.point.run_point`` is the entry point: it also spreads a point over processes.)"""
     coro = run_point_async(
         endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics, timeout_s=timeout_s,
         transport=transport,

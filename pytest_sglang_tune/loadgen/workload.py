@@ -126,6 +126,24 @@ _NEW_FIELD_DEFAULTS: dict[str, Any] = {
 FROM_DATASET = LengthDist("D", 0.0)  # a length taken from the dataset's records
 
 
+def loads_from(concurrency: list[int], request_rate: list[float]) -> list[Load]:
+    """The load levels of ``concurrency`` × ``request_rate`` (the one rule, for suites and ``sglang-tune bench``):
+    either list alone gives one level per value; with both, one must be a single value, which caps (a
+    concurrency) or paces (a rate) every level of the other. Raises ``SuiteError`` otherwise."""
+    if concurrency and request_rate:
+        if len(request_rate) == 1:
+            return [Load(concurrency=c, request_rate=request_rate[0]) for c in concurrency]
+        if len(concurrency) == 1:
+            return [Load(concurrency=concurrency[0], request_rate=r) for r in request_rate]
+        raise SuiteError(f"with both concurrency {concurrency} and request_rate {request_rate}, one of them must be "
+                         "a single value (it caps or paces every level of the other)")
+    if concurrency:
+        return [Load(concurrency=c) for c in concurrency]
+    if request_rate:
+        return [Load(request_rate=r) for r in request_rate]
+    raise SuiteError("a workload needs concurrency (a list of levels) or request_rate (req/s), or both")
+
+
 def dataset_digest(path: str) -> str:
     """``<file name>@<sha256 prefix of its bytes>``; the name alone when the file cannot be read."""
     p = Path(path)

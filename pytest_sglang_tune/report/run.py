@@ -102,6 +102,6 @@ def write_run_report(session: Any, exitstatus: int) -> dict[str, Path]:
 def pytest_sglang_tune_rank(config: pytest.Config, results: list[dict[str, Any]],
                             objectives: dict[str, Any]) -> list[dict[str, Any]]:
     from pytest_sglang_tune.ranking import rank
-    from pytest_sglang_tune.session import get_session
+    from pytest_sglang_tune.stash import get_session
 
     return rank(results, objectives, margin=get_session(config).options.tie_margin)

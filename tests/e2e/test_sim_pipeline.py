@@ -344,3 +344,28 @@ def test_infeasible_configs_are_data_not_errors(pytester: pytest.Pytester) -> No
     assert recs[0.1]["status"] == "infeasible" and "not enough memory" in recs[0.1]["reason"]
     assert "mem_fraction_static=0.1" in recs[0.1]["log_tail"]
     assert recs[0.85]["status"] == "passed"
+
+
+def test_shipped_suites_write_a_report_that_validates_against_the_documented_schema(tmp_path: Path) -> None:
+    """A slice of `pytest suites/ --backend=sim` (three points of the two shipped suites): its report.json
+    validates against docs/report-schema.json, the schema docs/report-schema.md describes."""
+    import jsonschema
+
+    repo = Path(__file__).resolve().parents[2]
+    selection = "mem0.85-chunk8192-lpm-c1] or mem0.85-chunk8192-fcfs-c1] or lpm-chunk1024-mem0.85-mrr128-c32]"
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(repo / "suites"), "--backend=sim", "-q",
+                           "-p", "no:cacheprovider", f"--sglang-report-dir={tmp_path}", "-k", selection],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    (path,) = tmp_path.glob("*/report.json")
+    report = json.loads(path.read_text())
+    schema = json.loads((repo / "docs" / "report-schema.json").read_text())
+    jsonschema.validate(report, schema)
+    assert {r["suite"] for r in report["results"]} == {"qwen8b-chat", "qwen8b-shared-prefix"}
+    for r in report["results"]:
+        assert r["confidence_method"]["method"].startswith("bootstrap over requests")
+        assert r["confidence"]["output_throughput_per_gpu"][0] <= r["confidence"]["output_throughput_per_gpu"][1]
+    c1 = [e for e in report["ranking"] if e["load"]["concurrency"] == 1]
+    assert len(c1) == 2 and all(e["tied"] for e in c1) == (c1[0]["rank"] == c1[1]["rank"])
+    # the chat suite gates ttft_ms.p99 on 4 requests at c1: the point says so
+    assert any("gates ttft_ms.p99 on 4 requests" in w for r in report["results"] for w in r["warnings"])
