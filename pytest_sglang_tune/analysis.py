@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_sglang_tune.grammar import DISTRIBUTION_METRICS, parse_metric, parse_slo
-from pytest_sglang_tune.ranking import load_key, workload_name
+from pytest_sglang_tune.ranking import best_entries, load_key, workload_name
 from pytest_sglang_tune.stats import student_t_interval
 
 X_METRIC = "output_throughput_per_gpu"
@@ -71,11 +71,11 @@ def pareto(results: Sequence[Mapping[str, Any]], suites: Mapping[str, Mapping[st
 
 
 def best_per_load(ranking: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Every rank-1 entry (several per load when they are tied)."""
+    """Every rank-1 entry (several per load when they are tied), from ``ranking.best_entries``."""
     return [{"suite": e.get("suite"), "workload": e.get("workload"), "load": e.get("load"),
              "config_id": e.get("config_id"), "score": e.get("score"), "slo_pass": e.get("slo_pass"),
              "tied": bool(e.get("tied"))}
-            for e in ranking if e.get("rank") == 1]
+            for entries in best_entries(ranking).values() for e in entries]
 
 
 def max_sustained_load(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_sglang_tune.analysis import best_per_load as analysis_best_per_load
 from pytest_sglang_tune.analysis import pareto_front
 from pytest_sglang_tune.errors import GrammarError
 from pytest_sglang_tune.grammar import Metric, parse_metric, parse_slo
 from pytest_sglang_tune.ranking import is_ranked, load_key, load_label, workload_name
 from pytest_sglang_tune.report import objective_text, slo_texts
+from pytest_sglang_tune.stats import as_interval
 
 X_METRIC = "output_throughput_per_gpu"
 DEFAULT_Y_METRIC = "ttft_ms.p99"
@@ -91,10 +93,8 @@ def slo_thresholds(report: Mapping[str, Any], suite: str) -> dict[str, list[tupl
 
 
 def confidence(result: Mapping[str, Any], metric: str) -> tuple[float, float] | None:
-    ci = (result.get("confidence") or {}).get(metric)
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
-        return float(ci[0]), float(ci[1])
-    return None
+    """The result's 95 % interval of ``metric`` (read as everywhere else: ``stats.as_interval``)."""
+    return as_interval((result.get("confidence") or {}).get(metric))
 
 
 def by_config(results: list[dict[str, Any]]) -> dict[tuple[str, Any, str], dict[str, Any]]:
@@ -161,21 +161,13 @@ def best_per_load(report: Mapping[str, Any], suite: str, workload: str) -> list[
     results = [r for r in suite_results(report, suite) if workload_name(r) == workload]
     index = by_config(results)
     ranking = [e for e in report.get("ranking") or [] if e.get("suite") == suite and e.get("workload") == workload]
-    given = [b for b in ((report.get("analysis") or {}).get("best_per_load") or [])
-             if b.get("suite") == suite and b.get("workload") == workload]
+    given = (report.get("analysis") or {}).get("best_per_load") or analysis_best_per_load(ranking)
     picks: list[tuple[dict[str, Any], str, float | None]] = []
-    if given:  # several rank-1 entries per load when they are tied: the first is the pick, the rest tied_with
-        seen: set[Any] = set()
-        for b in given:
-            if load_key(b.get("load")) not in seen:
-                seen.add(load_key(b.get("load")))
-                picks.append((dict(b.get("load") or {}), str(b.get("config_id")), b.get("score")))
-    else:
-        for load in loads(results):
-            top = [e for e in ranking if load_key(e.get("load")) == load_key(load)]
-            top.sort(key=lambda e: e.get("rank") or 0)
-            if top:
-                picks.append((load, str(top[0].get("config_id")), top[0].get("score")))
+    seen: set[Any] = set()
+    for b in given:  # several rank-1 entries per load when they are tied: the first is the pick, the rest tied_with
+        if b.get("suite") == suite and b.get("workload") == workload and load_key(b.get("load")) not in seen:
+            seen.add(load_key(b.get("load")))
+            picks.append((dict(b.get("load") or {}), str(b.get("config_id")), b.get("score")))
     out = []
     for load, cid, score in sorted(picks, key=lambda p: load_key(p[0])):
         lk = load_key(load)
