@@ -145,13 +145,11 @@ def test_env_option_forms_that_were_already_redacted(text: str, expected: str) -
 
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 7: -e=NAME=value and --env=NAME=value leak")
 @pytest.mark.parametrize(("text", "expected"), ENV_FORMS)
 def test_every_env_option_form_is_redacted(text: str, expected: str) -> None:
     assert redact_text(text) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 7: -e=NAME=value leaks from argv lists")
 def test_env_forms_in_argv_lists_and_kubernetes_env_vars() -> None:
     argv = ["docker", "run", "-e=MY_SERVICE_API_KEY=v4lue-s3cret", "--env=HF_TOKEN=v4lue-s3cret",
             "-e", "X_SECRET=v4lue-s3cret", "--env", "MY_TOKEN=v4lue-s3cret", "-e=PATH=/usr/bin", "img"]
