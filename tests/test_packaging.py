@@ -101,9 +101,7 @@ def _distribution(module: str) -> str:
     raise AssertionError(f"cannot tell which distribution provides {module!r}; add it to KNOWN_DISTRIBUTIONS")
 
 
-MODULES = [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="issue 14 item 7: jsonschema only in [dev]"))
-           if m == "backends/ome_schema.py" else m
-           for m in sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))]
+MODULES = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py"))
 
 
 @pytest.mark.parametrize("module", MODULES)
