@@ -134,6 +134,10 @@ def pytest_configure(config: pytest.Config) -> None:
                                 started_at=started, argv=list(sys.argv))
     if controller:
         config.pluginmanager.register(ResultCollector(config), "sglang-tune-results")
+    if controller and not config.option.collectonly:  # issue 14: --gpus beyond the GPU mask, before any worker
+        from pytest_sglang_tune.backends.gpus import check_gpus_option
+
+        check_gpus_option(options.backend, options.gpus, fake_gpus=config.getoption("sglang_fake_gpus") is not None)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "sglang-tune-xdist")
 
