@@ -39,9 +39,14 @@ class SuiteFile(pytest.File):
 
 
 def flag_table_for(config: pytest.Config, suite: Any) -> Any:
-    """The flags of the SGLang that will run: introspected from the local launcher's Python when it can import
-    SGLang (cached per interpreter), else None (``expand`` then uses the shipped table of the suite's version)."""
+    """The flags of the SGLang that will run: for docker/ome the image's version (``image_flags``); introspected
+    from the local launcher's Python when it can import SGLang (cached per interpreter); else None (``expand``
+    then uses the shipped table of the suite's version)."""
     st = get_state(config)
+    if st.options.backend in ("docker", "ome"):  # issue 14: the SGLang in the image (tag, label, or asked)
+        from pytest_sglang_tune.image_flags import flag_table_for_suite
+
+        return flag_table_for_suite(suite, st.options.backend, image_option=config.getoption("sglang_image", None))
     if st.options.backend != "local":
         return None
     from pytest_sglang_tune.backends.local import DEFAULT_LAUNCHER, parse_launcher
