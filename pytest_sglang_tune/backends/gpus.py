@@ -26,14 +26,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from pytest_sglang_tune.backends.base import Capacity
 
 MASK_VARS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 SMI_INVENTORY_FIELDS = ("index", "uuid", "name", "memory.total", "pci.bus_id", "driver_version")
 SMI_MISSING = ("[N/A]", "[Not Supported]", "N/A", "[Unknown Error]", "")
 _CUDA_VERSION_RE = re.compile(r"CUDA Version\s*:\s*([0-9]+(?:\.[0-9]+)*)")
+
+
+def usage_error(message: str) -> Exception:
+    """``pytest.UsageError`` (pytest prints it as ``ERROR: …`` and exits with code 4); a ValueError where pytest
+    is not installed (``benchmarks/gpu_device_check.py`` on a bare GPU machine)."""
+    try:
+        import pytest
+    except ImportError:
+        return ValueError(message)
+    return pytest.UsageError(message)
 
 
 class SmiError(RuntimeError):
@@ -251,9 +259,9 @@ def _by_uuid(entry: str, inventory: Inventory, mask: GpuMask) -> GpuDevice:
         return found[0]
     known = ", ".join(d.uuid for d in inventory.devices)
     if found:
-        raise pytest.UsageError(f"{mask.describe()}: {entry!r} is a prefix of {len(found)} GPU UUIDs; "
+        raise usage_error(f"{mask.describe()}: {entry!r} is a prefix of {len(found)} GPU UUIDs; "
                                 f"give more of it ({inventory.detail}: {known})")
-    raise pytest.UsageError(f"{mask.describe()}: no GPU has the UUID {entry!r} ({inventory.detail}: "
+    raise usage_error(f"{mask.describe()}: no GPU has the UUID {entry!r} ({inventory.detail}: "
                             f"{known or 'none'})")
 
 
@@ -275,17 +283,17 @@ def resolve_mask(mask: GpuMask, inventory: Inventory) -> tuple[GpuDevice, ...]:
     for e in entries:
         if e.isdigit():
             if int(e) not in by_index:
-                raise pytest.UsageError(
+                raise usage_error(
                     f"{mask.describe()}: index {e} names no GPU ({inventory.detail}, indices "
                     f"0..{len(inventory.devices) - 1}; indices are in PCI bus order, as nvidia-smi shows them)")
             out.append(by_index[int(e)])
         elif e.startswith(("GPU-", "MIG-")):
             out.append(_by_uuid(e, inventory, mask))
         else:
-            raise pytest.UsageError(f"{mask.describe()}: {e!r} is neither a GPU index nor a UUID (GPU-… or MIG-…)")
+            raise usage_error(f"{mask.describe()}: {e!r} is neither a GPU index nor a UUID (GPU-… or MIG-…)")
     dupes = sorted({d.uuid for d in out if sum(x.uuid == d.uuid for x in out) > 1})
     if dupes:
-        raise pytest.UsageError(f"{mask.describe()}: names the same GPU twice ({', '.join(dupes)})")
+        raise usage_error(f"{mask.describe()}: names the same GPU twice ({', '.join(dupes)})")
     return tuple(out)
 
 
@@ -336,7 +344,7 @@ class DevicePool:
         if gpus is None:
             return Capacity(n, self.describe())
         if gpus > n and (self.mask.entries is not None or self.inventory.source != "none"):
-            raise pytest.UsageError(f"--gpus={gpus} but {self.describe()}; lower --gpus to at most {n} "
+            raise usage_error(f"--gpus={gpus} but {self.describe()}; lower --gpus to at most {n} "
                                     f"or widen the mask")
         return Capacity(gpus, f"--gpus={gpus}" + (f" of {self.describe()}" if n else ""))
 
