@@ -1,17 +1,21 @@
-"""The NVML sampling process: ``python -m pytest_sglang_tune.telemetry.probe --uuids GPU-a,GPU-b --interval 0.5``.
+"""The sampling process: ``python -m pytest_sglang_tune.telemetry.probe --uuids GPU-a,GPU-b --interval 0.5``.
 
 It runs beside the load generator, never inside it: its own process, so its NVML calls and its Python work take
 nothing from the load generator's event loop (or its GIL). It prints JSON lines on stdout: first
 ``{"ready": true, "gpus": [{"uuid", "name", "index"}]}`` (or ``{"error": "..."}`` and exit code 3 when NVML does
 not load or a UUID is unknown), then one ``{"t": epoch seconds, "rows": [sample, ...]}`` per round, on a fixed
-schedule (no drift), until SIGTERM. Only the standard library and ``pynvml`` are imported.
+schedule (no drift), until SIGTERM. ``--exec CMD...`` instead runs ``CMD`` (the ``nvidia-smi`` loop) with this
+stdout until SIGTERM. Either way it exits when the process that started it is gone (``--parent``, checked every
+round), so a killed pytest process leaves no sampler behind. Only the standard library and ``pynvml`` are imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
@@ -58,14 +62,44 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _alive(parent: int) -> bool:
+    """The starting process still runs (an orphan is re-parented, so its parent id changes)."""
+    return os.getppid() == parent
+
+
+def _supervise(cmd: list[str], parent: int, stop: dict[str, bool]) -> int:
+    """Run ``cmd`` with this process's stdout until SIGTERM, the parent's end, or the command's own end."""
+    try:
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        _emit({"error": f"cannot run {cmd[0]}: {exc}"})
+        return 3
+    try:
+        while not stop["now"] and _alive(parent) and child.poll() is None:
+            time.sleep(0.25)
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pytest_sglang_tune.telemetry.probe")
     ap.add_argument("--uuids", required=True, help="comma-separated GPU UUIDs")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between rounds (at least 0.5)")
     ap.add_argument("--rounds", type=int, default=0, help="stop after this many rounds (0: until SIGTERM)")
+    ap.add_argument("--parent", type=int, default=os.getppid(), help="exit when this process is gone")
+    ap.add_argument("--exec", nargs=argparse.REMAINDER, default=None, help="run this command instead of NVML")
     args = ap.parse_args(argv)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    if args.exec:
+        return _supervise(args.exec, args.parent, stop)
     try:
         import pynvml
 
@@ -90,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         interval = max(0.5, args.interval)  # at most 2 Hz
         start = time.monotonic()
         k = 0
-        while not stop["now"]:
+        while not stop["now"] and _alive(args.parent):
             _emit({"t": time.time(), "rows": read_round(pynvml, handles)})
             k += 1
             if args.rounds and k >= args.rounds:

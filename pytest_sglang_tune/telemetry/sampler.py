@@ -1,10 +1,11 @@
 """Sample leased GPUs during a point, from a process of its own (NVML probe, or ``nvidia-smi -lms``).
 
 The load generator runs its event loop in the pytest process (or in ``--sglang-loadgen-procs`` processes). A
-sampling thread there would take the GIL from it at every sample; so the sampler is another process that writes
-JSON lines (NVML, ``telemetry.probe``) or CSV lines (``nvidia-smi --query-gpu ... -lms 500``) to a temporary
-file, and nothing is read until ``stop()``, after the point. ``start()`` waits for the first sample, so the
-sampler's own start-up (an interpreter, NVML's init) happens before the load does.
+sampling thread there would take the GIL from it at every sample; so the sampler is another process
+(``telemetry.probe``) that writes JSON lines (NVML) or has ``nvidia-smi --query-gpu ... --loop-ms=500`` write CSV
+lines to a temporary file, and nothing is read until ``stop()``, after the point. ``start()`` waits for the first
+sample, so the sampler's own start-up (an interpreter, NVML's init) happens before the load does. The probe exits
+when this process is gone, so a killed pytest run leaves no sampler behind.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -90,8 +90,9 @@ class GpuSampler:
         fd, name = tempfile.mkstemp(prefix="sglang-tune-telemetry-", suffix=".out")
         self._out = Path(name)
         fh = os.fdopen(fd, "wb")
-        self._proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, close_fds=True)
+        self._proc = subprocess.Popen([self.python, "-m", "pytest_sglang_tune.telemetry.probe", "--parent",
+                                       str(os.getpid()), *cmd], stdout=fh, stderr=subprocess.DEVNULL,
+                                      stdin=subprocess.DEVNULL, close_fds=True)
         return fh
 
     def _wait_first_line(self) -> str | None:
@@ -113,8 +114,7 @@ class GpuSampler:
         if importlib.util.find_spec("pynvml") is None:
             self.problems.append("NVML: pynvml is not installed (pip install 'pytest-sglang-tune[gpu]')")
             return False
-        fh = self._spawn([self.python, "-m", "pytest_sglang_tune.telemetry.probe", "--uuids", ",".join(self.uuids),
-                          "--interval", str(self.interval_s)])
+        fh = self._spawn(["--uuids", ",".join(self.uuids), "--interval", str(self.interval_s)])
         fh.close()
         first = self._wait_first_line()
         head: dict[str, Any] = {"error": f"the probe printed {first!r}" if first else "the probe printed nothing"}
@@ -144,7 +144,8 @@ class GpuSampler:
                 self.problems.append(str(exc))
                 return False
             self._reasons_field = reasons
-            self._spawn([*smi_command(fields, self.uuids), f"--loop-ms={int(self.interval_s * 1000)}"]).close()
+            self._spawn(["--uuids", ",".join(self.uuids), "--exec", *smi_command(fields, self.uuids),
+                         f"--loop-ms={int(self.interval_s * 1000)}"]).close()
             if self._wait_first_line() is not None:
                 return True
             self.problems.append("nvidia-smi's sampling loop printed nothing")
@@ -158,14 +159,11 @@ class GpuSampler:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.terminate()  # the probe stops its nvidia-smi child itself
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            proc.kill()
             proc.wait(timeout=5)
 
     def samples(self) -> list[dict[str, Any]]:

@@ -212,3 +212,37 @@ def test_dcgm_failures_are_warnings(prom: FakePrometheus) -> None:
     bad = DcgmSampler(prom.url, pod='p"} or vector(1) #')   # quoted into the selector, never interpreted
     bad.start()
     assert bad.stop()["gpus"] == []
+
+
+KILLED_PARENT = """
+import sys, time
+from pytest_sglang_tune.telemetry.sampler import GpuSampler
+s = GpuSampler([sys.argv[1]])
+s.start()
+print(s.used, s._proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("inventory", ["fake_nvml", "fake_smi"])
+def test_a_killed_pytest_process_leaves_no_sampler_behind(gpu_host: Callable[..., Any], inventory: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    gpu_host(2)
+    request.getfixturevalue(inventory)
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, uuid_of(1)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    used, pid = parent.stdout.readline().split()
+    probe = psutil.Process(int(pid))
+    family = [probe, *probe.children(recursive=True)]
+    assert used == ("nvml" if inventory == "fake_nvml" else "nvidia-smi") and len(family) == (1 if used == "nvml"
+                                                                                            else 2)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs(family, timeout=5)
+    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
