@@ -11,16 +11,22 @@ on purpose).
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_sglang_tune.errors import TuneWarning
 from pytest_sglang_tune.flags import KNOWN_VERSIONS, FlagTable, load_flag_table, version_key
 
 VERSION_LABEL = "org.sglang-tune.sglang-version"
+ROLE_LABEL = "org.sglang-tune.role"   # "version-probe" on the short-lived container that asks an image
+PROBE_CACHE = Path(tempfile.gettempdir()) / "sglang-tune-image-versions.json"  # image id → version (or null)
 _TAG_VERSION = re.compile(r"^v?(?P<v>\d+(?:\.\d+)+(?:(?:a|b|rc)\d+)?(?:\.post\d+)?(?:\.dev\d+)?)$")
 _PROBE = ("import importlib.metadata as m\ntry:\n    print(m.version('sglang'))\nexcept Exception:\n"
           "    import sglang\n    print(sglang.__version__)\n")
@@ -95,9 +101,11 @@ def flag_table_for_image(image: str | None, suite_version: str | None, *,
     if wanted is None:
         table = load_flag_table(None)
         if image:
-            notes.append(f"cannot tell which SGLang image {image} runs (its tag names no version and it is not "
-                         f"pulled yet): flags are checked against the newest table, {table.version}; set "
-                         "sglang_version in the suite")
+            why = ("it is not pulled yet" if image_attrs is None else
+                   f"neither a {VERSION_LABEL} label nor the image itself tells")
+            notes.append(f"cannot tell which SGLang image {image} runs (its tag names no version and {why}): "
+                         f"flags are checked against the newest table, {table.version}; set sglang_version in "
+                         "the suite")
         return ImageFlags(table, None, "newest shipped table", tuple(notes))
     chosen, note = nearest_table(wanted)
     if note:
@@ -115,9 +123,33 @@ def _docker() -> Any:
     return docker
 
 
+def _cached(image_id: str) -> tuple[bool, str | None]:
+    try:
+        data = json.loads(PROBE_CACHE.read_text())
+    except (OSError, ValueError):
+        return False, None
+    return (image_id in data, data.get(image_id)) if isinstance(data, dict) else (False, None)
+
+
+def _remember(image_id: str, version: str | None) -> None:
+    try:
+        data = json.loads(PROBE_CACHE.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    data[image_id] = version
+    tmp = PROBE_CACHE.with_name(f"{PROBE_CACHE.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, PROBE_CACHE)
+    except OSError:
+        pass
+
+
 def probe_image_version(image: str, *, timeout: float = 60.0) -> str | None:
     """``sglang``'s version inside a pulled ``image`` (its package metadata, else ``sglang.__version__``), from a
-    labelled, network-less container that is removed again; None when the image is not here or cannot tell."""
+    labelled (``org.sglang-tune.role=version-probe``), network-less container that is removed again; None when
+    the image is not here or cannot tell. Answers are kept per image id (``PROBE_CACHE``): an image is asked once."""
     docker = _docker()
     if docker is None:
         return None
@@ -130,14 +162,18 @@ def probe_image_version(image: str, *, timeout: float = 60.0) -> str | None:
     owner = ops.owner_of_this_process()
     container = None
     try:
-        client.images.get(image)  # only a pulled image: nothing is pulled at collection time
+        image_id = str(client.images.get(image).id)  # only a pulled image: nothing is pulled at collection time
+        known, version = _cached(image_id)
+        if known:
+            return version
         container = client.containers.create(
             image, entrypoint=["python3", "-c", _PROBE], command=[], network_mode="none",
-            labels={ops.LABEL: "1", ops.L_OWNER: owner, ops.L_HOST: owner.split(":")[0]})
+            labels={ops.LABEL: "1", ops.L_OWNER: owner, ops.L_HOST: owner.split(":")[0], ROLE_LABEL: "version-probe"})
         container.start()
         status = container.wait(timeout=timeout)
         out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace").strip().splitlines()
         m = _TAG_VERSION.match(out[-1].strip()) if out and status.get("StatusCode") == 0 else None
+        _remember(image_id, m["v"] if m else None)
         return m["v"] if m else None
     except Exception:  # not pulled, no python3 in it, a timeout: the image cannot tell
         return None

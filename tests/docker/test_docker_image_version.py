@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from dockerkit import ours
 
+import pytest_sglang_tune.image_flags as image_flags
 from pytest_sglang_tune.image_flags import flag_table_for_image, image_attrs, probe_image_version
 
 pytestmark = pytest.mark.docker
@@ -27,8 +30,16 @@ def versioned_image(docker_client: Any, test_image: str) -> Iterator[str]:
     docker_client.images.remove(PROBE_IMAGE, force=True)
 
 
-def test_probe_asks_the_pulled_image(docker_client: Any, versioned_image: str, test_image: str) -> None:
+def test_probe_asks_the_pulled_image(docker_client: Any, versioned_image: str, test_image: str,
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "versions.json"
+    monkeypatch.setattr(image_flags, "PROBE_CACHE", cache)
     assert probe_image_version(versioned_image) == "0.5.5.post3"
+    image_id = docker_client.images.get(versioned_image).id
+    assert json.loads(cache.read_text()) == {image_id: "0.5.5.post3"}
+    cache.write_text(json.dumps({image_id: "9.9.9"}))             # asked once per image id: the answer is kept
+    assert probe_image_version(versioned_image) == "9.9.9"
+    cache.unlink()
     got = flag_table_for_image(versioned_image, None, image_attrs=image_attrs(versioned_image),
                                probe=probe_image_version)
     assert (got.table.version, got.how) == ("0.5.5.post3", f"image {versioned_image}: sglang.__version__ in the image")

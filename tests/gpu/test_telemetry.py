@@ -244,5 +244,5 @@ def test_a_killed_pytest_process_leaves_no_sampler_behind(gpu_host: Callable[...
                                                                                             else 2)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    gone, alive = psutil.wait_procs(family, timeout=5)
+    _gone, alive = psutil.wait_procs(family, timeout=5)
     assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
