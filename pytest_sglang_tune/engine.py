@@ -47,6 +47,7 @@ class Measurement:
     server_metrics: dict[str, Any] | None = None
     confidence: dict[str, list[float]] = field(default_factory=dict)
     confidence_method: dict[str, Any] | None = None
+    telemetry: dict[str, Any] | None = None
 
 
 @dataclass
@@ -169,6 +170,10 @@ class Engine:
             flush_and_drain(live.deployment)
         live.points += 1
         check = self.watchdog(live)
+        sampler = self.backend.telemetry_sampler(live.deployment)  # GPU telemetry, outside the client's process
+        telemetry = None
+        if sampler is not None:
+            sampler.start()
         try:
             point = run_point(live.deployment.endpoint, workload, load, watchdog=check,
                               scrape_metrics=bool(live.server_info.get("enable_metrics")),
@@ -183,15 +188,18 @@ class Engine:
             self.crashed[live.key] = "crashed during a point"
             self.release()  # the next test of this config redeploys
             raise
+        finally:
+            if sampler is not None:
+                telemetry = sampler.stop()
         metrics = summarize(point, gpus=gpus, slos=slos)
         facts = self.backend.server_facts(get_server_info(live.deployment))  # e.g. the sim's lag, now
         live.facts = facts
         confidence, method = point_intervals(point, wanted, gpus=gpus, slos=slos, seed=seed)
         e2e = tuple(round(x, 6) for x in (s.e2e_s for s in point.samples if s.ok and not s.warmup)
                     if x is not None)
-        return Measurement(metrics=metrics, warnings=(*point.warnings, *facts.warnings), e2e_s=e2e,
-                           server_metrics=point.server_metrics or None, confidence=confidence,
-                           confidence_method=method)
+        warnings = (*point.warnings, *facts.warnings, *((telemetry or {}).get("warnings") or ()))
+        return Measurement(metrics=metrics, warnings=warnings, e2e_s=e2e, server_metrics=point.server_metrics or None,
+                           confidence=confidence, confidence_method=method, telemetry=telemetry)
 
 
 def log_tail_of(exc: BaseException) -> str:

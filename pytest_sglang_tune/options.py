@@ -52,6 +52,7 @@ class Options:
     namespace: str | None = None
     ome_url: str = "auto"
     sweep: bool = False
+    prometheus_url: str | None = None         # ome: DCGM exporter series for GPU telemetry
 
     def apply(self, suite: Any) -> Any:
         """The suite as this run sees it: command-line SLOs/objective/price/repeats override the suite's."""
@@ -192,6 +193,7 @@ def parse_options(config: pytest.Config, known_backends: tuple[str, ...], extens
         namespace=config.getoption("sglang_namespace"),
         ome_url=config.getoption("sglang_ome_url") or "auto",
         sweep=bool(config.getoption("sglang_sweep")),
+        prometheus_url=_opt(config, "sglang_prometheus_url", "sglang_prometheus_url") or None,
     )
 
 
@@ -256,9 +258,12 @@ def add_options(parser: pytest.Parser) -> None:
                 help="ome: reach the server at status.url (direct) or through a port-forward (tunnel); default auto")
     k.addoption("--sglang-sweep", action="store_true", default=False,
                 help="ome: remove objects of our label left by dead earlier runs (opt-in: clusters are shared)")
+    k.addoption("--sglang-prometheus-url", default=None, metavar="URL",
+                help="ome: a Prometheus that scrapes the DCGM exporter, for GPU telemetry of each point's pod")
     parser.addini("sglang_backend", "default --backend", default="sim")
     parser.addini("sglang_gpus", "default --gpus", default="")
     parser.addini("sglang_report_dir", "default --sglang-report-dir", default="reports")
     parser.addini("sglang_strict_slo", "default --sglang-strict-slo", type="bool", default=False)
     parser.addini("sglang_ready_timeout", "default --sglang-ready-timeout", default="")
     parser.addini("sglang_tie_margin", "default --sglang-tie-margin", default="")
+    parser.addini("sglang_prometheus_url", "default --sglang-prometheus-url", default="")

@@ -44,7 +44,12 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "for the sglang_server / sglang_bench fixtures (same fields as a YAML suite)")
     # another plugin or conftest implementing make_backend may provide more names (checked when it is made)
     extensible = len(config.pluginmanager.hook.pytest_sglang_tune_make_backend.get_hookimpls()) > 1
-    start_session(config, parse_options(config, BUILTIN_NAMES, extensible))
+    session = start_session(config, parse_options(config, BUILTIN_NAMES, extensible))
+    if session.controller and not config.option.collectonly:  # --gpus beyond the GPU mask, before any worker
+        from pytest_sglang_tune.backends.gpus import check_gpus_option
+
+        check_gpus_option(session.options.backend, session.options.gpus,
+                          fake_gpus=session.options.fake_gpus is not None)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -73,6 +73,7 @@ def combine_runs(runs: Sequence[Measurement], suite: Suite) -> tuple[Measurement
     combined = Measurement(
         metrics=combine_repeats(blocks), warnings=tuple(w for r in runs for w in r.warnings),
         e2e_s=tuple(x for r in runs for x in r.e2e_s), server_metrics=runs[-1].server_metrics,
+        telemetry=runs[-1].telemetry,
         confidence=repeat_confidence(blocks, wanted_metrics(suite)),
         confidence_method={"method": METHOD_REPEATS, "repeats": len(runs)})
     repeats = {"n": len(runs), "redeploy": suite.redeploy,
@@ -96,7 +97,7 @@ def with_measurement(result: Result, m: Measurement, suite: Suite, gpus: int,
     warnings = [*m.warnings, *sample_size_warnings(suite.slos, sample_counts(metrics))]
     return result.with_(metrics=metrics, confidence=confidence, confidence_method=m.confidence_method,
                         slo_results=slo_results, slo_pass=all(slo_results.values()), warnings=tuple(warnings),
-                        e2e_s=m.e2e_s, server_metrics=m.server_metrics, repeats=repeats,
+                        e2e_s=m.e2e_s, server_metrics=m.server_metrics, repeats=repeats, telemetry=m.telemetry,
                         cost=Cost(usd_per_mtok=usd))
 
 

@@ -6,7 +6,9 @@ What counts as a secret:
   ``HF_TOKEN``, ``GITHUB_TOKEN``, ``*_SECRET``, ``password``, ``authorization`` ...; see
   :func:`is_secret_name`), in mappings (string values only), in argv lists (``["--api-key", "x"]``,
   ``"--api-key=x"``) and inside text (``--api-key x``, ``api_key='x'``, ``HF_TOKEN=x``, ``?token=x``,
-  ``"api_key": "x"``, ``Authorization: Bearer x``);
+  ``"api_key": "x"``, ``Authorization: Bearer x``), also as the value of another option
+  (``-e=HF_TOKEN=x``, ``--env="HF_TOKEN=x"``, ``--set-string=env.HF_TOKEN=x``), and in Kubernetes EnvVars
+  (``{"name": "HF_TOKEN", "value": "x"}``);
 * the password (or a lone token) in a URL's user-info: ``https://user:pass@host`` becomes
   ``https://user:***@host``;
 * any literal secret value found anywhere inside a string (log tails, ids, commands): the values of the
@@ -89,7 +91,10 @@ def _flag_sub(m: re.Match[str]) -> str:
 
 def _assign_sub(m: re.Match[str]) -> str:
     if not is_secret_name(m["name"]):
-        return m[0]
+        # the value may itself be an assignment: ``-e=HF_TOKEN=x``, ``--env="HF_TOKEN=x"``, ``--set=env.HF_TOKEN=x``
+        head = len(m["name"]) + 1
+        rest = m[0][head:]
+        return m[0][:head] + _ASSIGN_RE.sub(_assign_sub, rest) if "=" in rest else m[0]
     if m["sq"] is not None:
         return f"{m['name']}='{REDACTED}'" if m["sq"].lower() not in _EMPTY else m[0]
     if m["dq"] is not None:
@@ -158,10 +163,17 @@ def _redact_argv(items: list[Any], literals: list[str]) -> list[Any]:
     return out
 
 
+def _is_secret_env_var(obj: Mapping[Any, Any]) -> bool:
+    name, value = obj.get("name"), obj.get("value")
+    return isinstance(name, str) and isinstance(value, str) and bool(value) and is_secret_name(name)
+
+
 def _walk(obj: Any, literals: list[str]) -> Any:
     if isinstance(obj, str):
         return _redact_text(obj, literals)
     if isinstance(obj, Mapping):
+        if _is_secret_env_var(obj):  # a Kubernetes EnvVar: {"name": "HF_TOKEN", "value": "..."}
+            return {k: (REDACTED if k == "value" else _walk(v, literals)) for k, v in obj.items()}
         out: dict[Any, Any] = {}
         for k, v in obj.items():
             if isinstance(k, str) and isinstance(v, str) and v and is_secret_name(k):

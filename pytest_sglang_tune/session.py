@@ -104,8 +104,13 @@ class TuneSession:
         return name in self.backend_names()
 
     def flag_table_for(self, suite: Any) -> Any:
-        """The flags of the SGLang that will run: introspected from the local launcher's Python when it can import
-        SGLang (cached per interpreter), else None (``expand`` then uses the shipped table of the suite's version)."""
+        """The flags of the SGLang that will run: for docker/ome the image's version (``image_flags``); introspected
+        from the local launcher's Python when it can import SGLang (cached per interpreter); else None (``expand``
+        then uses the shipped table of the suite's version)."""
+        if self.options.backend in ("docker", "ome"):  # the SGLang in the image (tag, label, or asked)
+            from pytest_sglang_tune.image_flags import flag_table_for_suite
+
+            return flag_table_for_suite(suite, self.options.backend, image_option=self.options.image)
         if self.options.backend != "local":
             return None
         from pytest_sglang_tune.backends.local import DEFAULT_LAUNCHER, parse_launcher

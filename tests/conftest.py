@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 # pytester's in-process runs restore sys.modules afterwards; modules first imported inside such a run would be
 # dropped and re-imported with new class identities (requests then fails with "You can only merge into
 # CookieJar"). Import what the plugin loads lazily once, up front.
+import numpy  # noqa: F401  (stats.py's bootstrap imports it lazily)
+import pytest
+
 import pytest_sglang_tune.backends.docker
 import pytest_sglang_tune.backends.local
 import pytest_sglang_tune.backends.ome

@@ -118,3 +118,45 @@ def test_already_redacted_config_id_keeps_its_hash() -> None:
     assert redact_text("api-key=***,tp-size=2~1a2b3c") == "api-key=***,tp-size=2~1a2b3c"
     assert redact_text("api-key=***~1a2b3c") == "api-key=***~1a2b3c"
     assert redact_text("api-key=sk-abcdef~1") == "api-key=***"
+
+
+ENV_FORMS_KEPT = [  # redacted before issue 14 as well
+    ("docker run -e MY_SERVICE_API_KEY=v4lue-s3cret img", "docker run -e MY_SERVICE_API_KEY=*** img"),
+    ("docker run --env MY_SERVICE_API_KEY=v4lue-s3cret img", "docker run --env MY_SERVICE_API_KEY=*** img"),
+    ("docker run -eMY_SERVICE_API_KEY=v4lue-s3cret img", "docker run -eMY_SERVICE_API_KEY=*** img"),
+    ("env HF_TOKEN=v4lue-s3cret python -m sglang.launch_server", "env HF_TOKEN=*** python -m sglang.launch_server"),
+    # not secrets: left alone
+    ("docker run -e=CUDA_VISIBLE_DEVICES=0,1 --env=SGLANG_SIM_GPU=h100 img",
+     "docker run -e=CUDA_VISIBLE_DEVICES=0,1 --env=SGLANG_SIM_GPU=h100 img"),
+]
+ENV_FORMS = [  # NAME=value as the value of an option written with "=" (docker, podman, kubectl, helm)
+    ("docker run -e=MY_SERVICE_API_KEY=v4lue-s3cret img", "docker run -e=MY_SERVICE_API_KEY=*** img"),
+    ("docker run --env=MY_SERVICE_API_KEY=v4lue-s3cret img", "docker run --env=MY_SERVICE_API_KEY=*** img"),
+    ("docker run -e='WANDB_API_KEY=v4lue-s3cret' img", "docker run -e='WANDB_API_KEY=***' img"),
+    ('docker run --env="HF_TOKEN=v4lue-s3cret" img', 'docker run --env="HF_TOKEN=***" img'),
+    ("kubectl set env deploy/x --env=HF_TOKEN=v4lue-s3cret", "kubectl set env deploy/x --env=HF_TOKEN=***"),
+    ("helm install --set-string=env.HF_TOKEN=v4lue-s3cret", "helm install --set-string=env.HF_TOKEN=***"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ENV_FORMS_KEPT)
+def test_env_option_forms_that_were_already_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+
+@pytest.mark.parametrize(("text", "expected"), ENV_FORMS)
+def test_every_env_option_form_is_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_env_forms_in_argv_lists_and_kubernetes_env_vars() -> None:
+    argv = ["docker", "run", "-e=MY_SERVICE_API_KEY=v4lue-s3cret", "--env=HF_TOKEN=v4lue-s3cret",
+            "-e", "X_SECRET=v4lue-s3cret", "--env", "MY_TOKEN=v4lue-s3cret", "-e=PATH=/usr/bin", "img"]
+    assert redact(argv) == ["docker", "run", "-e=MY_SERVICE_API_KEY=***", "--env=HF_TOKEN=***", "-e",
+                            "X_SECRET=***", "--env", "MY_TOKEN=***", "-e=PATH=/usr/bin", "img"]
+    # a Kubernetes EnvVar (pod specs, InferenceService manifests): the secret is under "value"
+    env = [{"name": "HF_TOKEN", "value": "v4lue-s3cret"}, {"name": "TP", "value": "2"},
+           {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+    assert redact({"env": env}) == {"env": [{"name": "HF_TOKEN", "value": REDACTED}, {"name": "TP", "value": "2"},
+                                            env[2]]}

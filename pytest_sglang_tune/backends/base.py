@@ -4,7 +4,8 @@ A backend turns a ``DeploymentSpec`` (model, flags, GPUs) into a running ``Deplo
 the engine waits for readiness, checks ``/server_info``, runs load, and stops it. Like httpx's transports, what a
 backend must implement is small on purpose — ``name``, ``capacity``, ``start``, ``stop`` — and everything else a
 caller may touch is a method of ``Backend`` with a default (``fits``, ``busy_devices``, ``image_needs_gpus``,
-``server_facts``, ``notes``, ``handoff``/``adopt``, ``close``): no caller probes with ``getattr``.
+``server_facts``, ``telemetry_sampler``, ``notes``, ``handoff``/``adopt``, ``close``): no caller probes with
+``getattr``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ class Backend:
         """Facts of a ready server for its results. A simulated server (under any backend: the sim, a local
         launcher or a test image) describes itself in a ``sim`` block; a real SGLang has none."""
         return sim_facts(server_info)
+
+    def telemetry_sampler(self, deployment: Deployment) -> Any:
+        """A GPU telemetry sampler for ``deployment`` while a point runs (``telemetry.Sampler``), or None. The
+        default samples the GPUs this host handed on (UUIDs in ``info["gpus_used"]``)."""
+        from pytest_sglang_tune.telemetry import gpu_sampler
+
+        return gpu_sampler(deployment.info.get("gpus_used") or ())
 
     def notes(self) -> list[str]:
         """Lines for the session summary (pulls, sweeps, degraded checks)."""

@@ -2,10 +2,11 @@
 
 Per config: ``python3 -m sglang.launch_server --model-path … --host 0.0.0.0 --port <p> <flags>`` in the suite's
 image (``backends.docker.image``, or ``--sglang-image``; the tag is configuration, never derived), with the leased
-GPUs as a ``DeviceRequest``, ``--ipc=host`` (or ``shm_size``), the Hugging Face cache mounted, ``HF_TOKEN`` passed
-from the environment (never written anywhere else), configurable ulimits, ``init=True``, the port published on
-127.0.0.1 (or host networking), and labels naming run, suite, config and owner. A missing image is pulled with
-progress; its ``RepoDigests`` entry goes into each result.
+GPUs (devices of the job's mask, by UUID: ``gpus.device_pool``) as a ``DeviceRequest``, ``--ipc=host`` (or
+``shm_size``), the Hugging Face cache mounted, ``HF_TOKEN`` passed from the environment (never written anywhere
+else), configurable ulimits, ``init=True``, the port published on 127.0.0.1 (or host networking), and labels naming
+run, suite, config, owner and leased GPUs. A missing image is pulled with progress; its ``RepoDigests`` entry goes
+into each result.
 
 Teardown is guaranteed four ways: ``stop`` after the config's last test (and at exit, by the engine); a container
 that fails to start is removed at once; a reaper process removes what a killed pytest process left; and each
@@ -27,6 +28,7 @@ from typing import Any
 
 from pytest_sglang_tune.backends import docker_ops as ops
 from pytest_sglang_tune.backends.base import Backend, BackendContext, Capacity, DeploymentSpec, Endpoint
+from pytest_sglang_tune.backends.gpus import DevicePool
 from pytest_sglang_tune.errors import DeployError
 from pytest_sglang_tune.redact import redact_text
 
@@ -116,6 +118,7 @@ class DockerBackend(Backend):
         self._reaper: subprocess.Popen[bytes] | None = None
         self._owner = ops.owner_of_this_process()
         self._lock = threading.Lock()
+        self._pool: DevicePool | None = None
 
     # --- the engine ---------------------------------------------------------------------------------------------
     def client(self) -> Any:
@@ -142,21 +145,41 @@ class DockerBackend(Backend):
         if self.fake_gpus is not None:
             return Capacity(self.fake_gpus, f"--sglang-fake-gpus={self.fake_gpus} (TEST ONLY: virtual devices, "
                                             f"passed to containers as {FAKE_GPUS_ENV})")
-        from pytest_sglang_tune.backends.gpus import detect_gpus
+        pool = self.pool()
+        if self.gpus is not None and not pool.devices:
+            self.session_notes.append(f"--gpus={self.gpus} but {pool.describe()}; trusting --gpus and handing "
+                                      f"devices on by index (0..{self.gpus - 1})")
+        return pool.capacity(self.gpus)
 
-        found, how = detect_gpus()
-        if self.gpus is None:
-            return Capacity(found, how)
-        if self.gpus > found and not os.environ.get("DOCKER_HOST"):
-            self.session_notes.append(f"--gpus={self.gpus} but {how}; trusting --gpus (the daemon may see more)")
-        return Capacity(self.gpus, f"--gpus={self.gpus}")
+    def pool(self) -> DevicePool:
+        """The GPUs this job may use: its mask resolved to UUIDs on this host; for a remote daemon
+        (``DOCKER_HOST=tcp://…``) the mask's entries as written; none for ``--sglang-fake-gpus``."""
+        if self._pool is None:
+            from pytest_sglang_tune.backends.gpus import GpuDevice, Inventory, device_pool, read_mask
+
+            host = os.environ.get("DOCKER_HOST", "")
+            if self.fake_gpus is not None:
+                self._pool = DevicePool(())
+            elif host and not host.startswith(("unix://", "npipe://")):
+                mask = read_mask()
+                self._pool = DevicePool(tuple(GpuDevice(None, e) for e in mask.entries or ()), mask,
+                                        Inventory((), "none", f"the daemon at DOCKER_HOST={host} is not this host"))
+            else:
+                self._pool = device_pool()
+        return self._pool
+
+    def leased_ids(self, spec: DeploymentSpec) -> list[Any]:
+        """The leased devices as handed on (UUIDs), or the lease's positions when the pool is empty."""
+        pool = self.pool()
+        return pool.ids(spec.gpu_ids) if pool.devices else list(spec.gpu_ids)
 
     def notes(self) -> list[str]:
         return list(self.session_notes)
 
     def busy_devices(self) -> set[int]:
-        """Device ids held by live containers of ours (also of a killed worker whose container is not gone yet)."""
-        return ops.busy_device_ids(self.client())
+        """Pool positions held by live containers of ours (also of a killed worker whose container is not gone
+        yet), from their ``org.sglang-tune.gpus`` label."""
+        return self.pool().slots(ops.busy_device_ids(self.client()))
 
     # --- start ------------------------------------------------------------------------------------------------
     def image_needs_gpus(self, settings: Mapping[str, Any]) -> bool | None:
@@ -262,7 +285,7 @@ class DockerBackend(Backend):
         if "--served-model-name" not in spec.argv:
             cmd += ["--served-model-name", spec.served_model_name]
         env, secrets = self._env(spec, needs_gpus)
-        gpu_ids = [str(i) for i in spec.gpu_ids]
+        gpu_ids = self.pool().ids(spec.gpu_ids)
         kwargs: dict[str, Any] = {
             "command": cmd, "detach": True, "init": True, "environment": env, "stdin_open": False,
             "labels": {ops.LABEL: "1", ops.L_OWNER: self._owner, ops.L_HOST: self._owner.split(":")[0],
@@ -309,7 +332,7 @@ class DockerBackend(Backend):
                             api_key=str(api_key) if api_key else None)
         launch = ["docker", "run", *run_flags, image, *cmd]
         info = {"image": image, "image_digest": ops.repo_digest(attrs, image), "image_id": attrs.get("Id"),
-                "gpus_used": list(spec.gpu_ids), "container": container.name,
+                "gpus_used": self.leased_ids(spec), "container": container.name,
                 "gpu_passing": ("DeviceRequest" if "device_requests" in kwargs else
                                 f"env {FAKE_GPUS_ENV}" if self.fake_gpus is not None else "none")}
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in spec.config_id)[:80]

@@ -196,12 +196,12 @@ def sweep_dead_owners(client: Any, *, only_owner: str | None = None) -> list[str
     return removed
 
 
-def busy_device_ids(client: Any) -> set[int]:
-    """Device ids held by our live containers (any run, on this daemon)."""
-    busy: set[int] = set()
+def busy_device_ids(client: Any) -> set[str]:
+    """Devices (UUIDs, or indices) held by our live containers (any run, on this daemon)."""
+    busy: set[str] = set()
     for c in client.api.containers(filters={"label": [L_GPUS]}):  # running only
         value = str((c.get("Labels") or {}).get(L_GPUS, ""))
-        busy |= {int(x) for x in value.split(",") if x.strip().isdigit()}
+        busy |= {x.strip() for x in value.split(",") if x.strip()}
     return busy
 
 

@@ -1,8 +1,9 @@
 """The ``local`` backend: ``python -m sglang.launch_server`` as a child process on this machine.
 
 The launcher is configurable (suite ``backends.local.launcher`` or ``--sglang-launcher``), so the same code runs
-our simulated server (``sim``), a real SGLang in a virtualenv, or a wrapper script. ``CUDA_VISIBLE_DEVICES``
-comes from the GPU lease. The whole process group is stopped (SIGTERM, then SIGKILL).
+our simulated server (``sim``), a real SGLang in a virtualenv, or a wrapper script. The GPU lease picks devices
+of the job's mask (``gpus.device_pool``); the server gets their UUIDs as ``CUDA_VISIBLE_DEVICES`` with
+``CUDA_DEVICE_ORDER=PCI_BUS_ID``. The whole process group is stopped (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pytest_sglang_tune.backends.base import Backend, BackendContext, Capacity, DeploymentSpec, Endpoint
+from pytest_sglang_tune.backends.gpus import DevicePool
 from pytest_sglang_tune.errors import DeployError
 from pytest_sglang_tune.redact import redact_text
 
@@ -115,22 +117,30 @@ class LocalBackend(Backend):
         self.env = dict(env or {})
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="sglang-tune-logs-"))
         self.host = host
+        self._pool: DevicePool | None = None
+
+    def pool(self) -> DevicePool:
+        """The GPUs this job may use (its mask, resolved to UUIDs), read once."""
+        if self._pool is None:
+            from pytest_sglang_tune.backends.gpus import device_pool
+
+            self._pool = device_pool()
+        return self._pool
 
     def capacity(self) -> Capacity:
-        if self.gpus is not None:
-            return Capacity(self.gpus, f"--gpus={self.gpus}")
-        from pytest_sglang_tune.backends.gpus import detect_gpus
+        return self.pool().capacity(self.gpus)
 
-        found, how = detect_gpus()
-        return Capacity(found, how)
+    def leased_ids(self, spec: DeploymentSpec) -> list[Any]:
+        """The leased devices as handed on (UUIDs), or the lease's positions when the pool is empty."""
+        pool = self.pool()
+        return pool.ids(spec.gpu_ids) if pool.devices else list(spec.gpu_ids)
 
     def launcher_argv(self, spec: DeploymentSpec) -> list[str]:
         return parse_launcher(spec.settings.get("launcher") or self.launcher or DEFAULT_LAUNCHER)
 
     def extra_env(self, spec: DeploymentSpec) -> dict[str, str]:
         env = {str(k): str(v) for k, v in (spec.settings.get("env") or {}).items()}
-        if spec.gpu_ids:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_ids)
+        env.update(self.pool().child_env(spec.gpu_ids))
         return env
 
     def deployment_info(self, spec: DeploymentSpec) -> dict[str, Any]:
@@ -170,7 +180,7 @@ class LocalBackend(Backend):
         endpoint = Endpoint(f"http://{self.host}:{port}", spec.served_model_name,
                             api_key=str(api_key) if api_key else None)
         info = self.deployment_info(spec)
-        info.setdefault("gpus_used", list(spec.gpu_ids))
+        info.setdefault("gpus_used", self.leased_ids(spec))
         deployment = LocalDeployment(proc, endpoint, cmd, log_path, info, secrets)
         deployment.copier = copier
         return deployment

@@ -98,7 +98,8 @@ class OmeBackend(Backend):
 
     def __init__(self, *, gpus: int | None = None, kubeconfig: str | None = None, namespace: str | None = None,
                  url_mode: str = "auto", sweep: bool = False, run_id: str = "", log_dir: Path | None = None,
-                 ready_timeout: float | None = None, port_forward: str | None = None) -> None:
+                 ready_timeout: float | None = None, port_forward: str | None = None,
+                 prometheus_url: str | None = None) -> None:
         if url_mode not in ("auto", "direct", "tunnel"):
             raise DeployError(f"--sglang-ome-url={url_mode!r} is not valid; use auto, direct or tunnel")
         self.gpus = gpus
@@ -110,6 +111,7 @@ class OmeBackend(Backend):
         self.log_dir = log_dir
         self.ready_timeout = ready_timeout
         self.port_forward = port_forward
+        self.prometheus_url = prometheus_url
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.session_notes: list[str] = []
         self._capacity: Capacity | None = None
@@ -387,6 +389,12 @@ class OmeBackend(Backend):
     def notes(self) -> list[str]:
         return list(self.session_notes)
 
+    def telemetry_sampler(self, deployment: Any) -> Any:
+        """The pod's GPUs as a DCGM exporter reports them to Prometheus (``--sglang-prometheus-url``)."""
+        from pytest_sglang_tune.telemetry import dcgm_sampler
+
+        return dcgm_sampler(self.prometheus_url, deployment.info)
+
     def handoff(self) -> list[tuple[str, str, str | None]]:
         """Give up the runtime/model/namespace this process created, for the xdist controller to remove when the
         last worker is done (other workers may still deploy against them)."""
@@ -437,4 +445,5 @@ def make_backend(context: BackendContext) -> OmeBackend:
     o = context.options
     sweep = o.sweep and context.worker_id in (None, "gw0")
     return OmeBackend(gpus=context.gpus, kubeconfig=o.kubeconfig, namespace=o.namespace, url_mode=o.ome_url,
-                      sweep=sweep, run_id=context.run_id, log_dir=context.log_dir, ready_timeout=o.ready_timeout)
+                      sweep=sweep, run_id=context.run_id, log_dir=context.log_dir, ready_timeout=o.ready_timeout,
+                      prometheus_url=o.prometheus_url)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_sglang_tune.backends.base import BackendContext, Capacity, DeploymentSpec
+from pytest_sglang_tune.backends.gpus import DevicePool
 from pytest_sglang_tune.backends.local import LocalBackend, parse_launcher
 
 SIM_LAUNCHER = [sys.executable, "-m", "pytest_sglang_tune.sim"]
@@ -27,6 +28,7 @@ class SimBackend(LocalBackend):
                  env: Mapping[str, str] | None = None, log_dir: Path | None = None) -> None:
         super().__init__(gpus=gpus, env=env, log_dir=log_dir)
         self.sglang_version = sglang_version
+        self._pool = DevicePool(())  # virtual GPUs: the host's are never read nor handed on
 
     def capacity(self) -> Capacity:
         if self.gpus is not None:

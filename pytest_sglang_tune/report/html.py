@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pytest_sglang_tune.ranking import load_key, workload_name
+from pytest_sglang_tune.ranking import load_key, load_label, workload_name
 from pytest_sglang_tune.report import objective_text, slo_texts, status_counts, suite_names
 from pytest_sglang_tune.report.html_answer import answer_section
 from pytest_sglang_tune.report.html_charts import flag_effect_chart, latency_charts, pareto_chart
@@ -25,6 +25,8 @@ from pytest_sglang_tune.report.html_tables import (
     results_table,
     suite_flags,
 )
+from pytest_sglang_tune.report.html_telemetry import CSS as TELEMETRY_CSS
+from pytest_sglang_tune.report.html_telemetry import load_section
 from pytest_sglang_tune.results import perf_model_text
 
 __all__ = ["esc", "render_html"]
@@ -205,6 +207,10 @@ def _suite_section(report: Mapping[str, Any], suite: str, n: int) -> list[str]:
     lat = [x for x in lat if x]
     if lat:
         out += ["<h3>Latency percentiles per config</h3>", *lat]
+    per_point = load_section([{**r, "_load_label": load_label(r.get("load"))} for r in results],
+                             lambda r: r.get("display_id") or f"{workload_name(r)}@{load_label(r.get('load'))}")
+    if per_point:
+        out += ["<h3>Server load and GPU telemetry per point</h3>", per_point]
     if results:
         out += ["<h3>All results</h3>", results_table(report, suite, results, flags)]
     out.append(failures_table(results))
@@ -223,7 +229,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     nav = "".join(f'<a href="#suite-{i}">{esc(s)}</a>' for i, s in enumerate(names))
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+             f"<title>{esc(title)}</title><style>{_CSS}{TELEMETRY_CSS}</style></head><body>",
              f"<h1>{esc(title)}</h1>",
              f'<p class="sub">backend {esc(run.get("backend") or "?")} · GPUs {esc(run.get("gpus"))} · '
              f"{esc(run.get('started_at'))} → {esc(run.get('finished_at'))}</p>",

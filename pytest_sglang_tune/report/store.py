@@ -12,9 +12,7 @@ import json
 import os
 import platform
 import secrets
-import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping
@@ -76,42 +74,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _gpu_names() -> list[str]:
-    try:  # NVML first (nvidia-ml-py), when installed
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            names = []
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-                names.append(name.decode() if isinstance(name, bytes) else str(name))
-            return names
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        pass
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        proc = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if proc.returncode != 0:
-        return []
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-
-
 def machine_info() -> dict[str, Any]:
-    """``{host, platform, python, cpu: {model, count}, gpus: [names]}``; GPU names from NVML or nvidia-smi."""
+    """``{host, platform, python, cpu: {model, count}, gpus: [names], gpu_details: [{index, uuid, name, ...}],
+    driver_version, cuda_version, gpu_source}``; GPUs from NVML or nvidia-smi (``backends.gpus``). Comparisons
+    use the names and their count only (``diff.machine_gpus``), never UUIDs or versions."""
+    from pytest_sglang_tune.backends.gpus import gpu_machine_info
+
+    gpu = gpu_machine_info()
     return {
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": {"model": _cpu_model(), "count": os.cpu_count()},
-        "gpus": _gpu_names(),
+        "gpus": [str(d.get("name")) for d in gpu["gpus"]],
+        "gpu_details": gpu["gpus"],
+        "driver_version": gpu["driver_version"],
+        "cuda_version": gpu["cuda_version"],
+        "gpu_source": gpu["gpu_source"],
     }
 
 

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.docker
 
 
 def running(client: Any) -> list[Any]:
-    return [c for c in ours(client) if c.status == "running"]
+    """Our running server containers (not the short-lived one that asks an image for its SGLang version)."""
+    return [c for c in ours(client) if c.status == "running" and "org.sglang-tune.config" in c.labels]
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
