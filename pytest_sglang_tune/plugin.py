@@ -184,6 +184,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             if prev is not None:
                 it.resumed = (path, prev)
     engine = get_engine(config)
+    from pytest_sglang_tune.errors import BackendUnavailable
+
+    try:  # "could not ask" (unreachable, 401/403, not installed) ends the session; "no capacity" skips below
+        engine.capacity()
+    except BackendUnavailable as exc:
+        raise pytest.UsageError(exc.bare_message) from exc
     for it in tune_items:
         st.suite_files[it.suite.name] = str(it.suite.path)
         problem = engine.capacity_problem(it.cfg, it.suite.backend_settings(st.options.backend))
