@@ -175,6 +175,7 @@ class OmeBackend:
         from pytest_sglang_tune.backends.ome_schema import validate_manifest
 
         api = self._connect()
+        self.capacity()   # the pre-flight (once): its node list lets placement problems fail before deploying
         objects = self._objects
         settings = spec.settings
         namespace = str(settings.get("namespace") or self.default_namespace())

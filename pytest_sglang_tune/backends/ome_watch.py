@@ -160,8 +160,8 @@ def to_error(problem: Problem, *, name: str, config_id: str | None, log_tail: st
              explain: Callable[[Problem], str] | None = None) -> BackendError:
     where = f"InferenceService {name}" + (f", pod {problem.pod}" if problem.pod else "")
     if problem.kind == "unschedulable":
-        if classify_unschedulable(problem.message) == "placement":
-            extra = explain(problem) if explain is not None else ""
+        extra = explain(problem) if explain is not None else ""   # no GPU node could ever take it (node list)
+        if extra or classify_unschedulable(problem.message) == "placement":
             return DeployError(f"{where} cannot be scheduled: {problem.message}" + (f" — {extra}" if extra else ""),
                                config_id=config_id)
         return CapacityError(f"cluster has no room: {where} unschedulable for {waited_s:.0f}s: {problem.message}",

@@ -138,7 +138,8 @@ class FakeCluster:
     def ours(self) -> list[str]:
         """Every object a run of ours may leave: InferenceServices, their pods, labelled runtimes/models."""
         left = [f"isvc/{o['metadata']['name']}" for o in self.store.list("inferenceservices")]
-        left += [f"pod/{o['metadata']['name']}" for o in self.store.list("pods")]
+        left += [f"pod/{o['metadata']['name']}" for o in self.store.list("pods")
+                 if "ome.io/inferenceservice" in (o["metadata"].get("labels") or {})]
         for plural in ("clusterservingruntimes", "clusterbasemodels", "namespaces"):
             left += [f"{plural}/{o['metadata']['name']}" for o in self.store.list(plural)
                      if "sglang-tune.io/run" in (o["metadata"].get("labels") or {})]

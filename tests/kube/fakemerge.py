@@ -50,6 +50,11 @@ FIELD_TYPES: dict[str, dict[str, str]] = {
 }
 
 
+# fields whose Go type is a map (omitempty drops an empty one); every other object is a struct, sent as {} when
+# empty (a non-nil pointer, e.g. ``emptyDir: &EmptyDirVolumeSource{}``)
+GO_MAPS = ("nodeSelector", "labels", "annotations", "requests", "limits", "overhead", "config")
+
+
 def go_json(value: Any, struct: str | None = None) -> Any:
     """What Go's ``json.Marshal`` of the typed struct sends: ``omitempty`` drops nil, empty lists and empty maps;
     a container always carries ``name`` (its tag has no omitempty)."""
@@ -60,7 +65,7 @@ def go_json(value: Any, struct: str | None = None) -> Any:
             if isinstance(v, list):
                 sub = FIELD_TYPES.get(struct or "", {}).get(k + "[]")
             v = go_json(v, sub)
-            if v is None or v == [] or v == {}:
+            if v is None or v == [] or (v == {} and k in GO_MAPS):   # a pointer to an empty struct stays {}
                 continue
             out[k] = v
         if struct == "Container":
