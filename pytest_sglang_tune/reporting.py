@@ -75,6 +75,8 @@ def write_run_report(config: pytest.Config, st: Any, exitstatus: int) -> dict[st
         "interrupted": int(exitstatus) == int(pytest.ExitCode.INTERRUPTED),
         "machine": machine_info(),
     }
+    if cap is not None and not cap.checked:  # the backend could not count (e.g. ome without node rights)
+        run["machine"]["gpus"] = "unknown"
     warnings: list[str] = []  # per-result warnings stay on their results
     objectives = suite_objectives(suites)
     from pytest_sglang_tune.ranking import dedupe
