@@ -138,7 +138,25 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(), "sglang-tune-xdist")
 
 
+def _asked_backend(config: pytest.Config) -> Any:
+    """The engine, once its backend answered the capacity question: "could not ask" (unreachable, 401/403, not
+    installed) ends the session with one message; "no capacity" is an answer (configs are skipped with it)."""
+    from pytest_sglang_tune.errors import BackendUnavailable
+
+    engine = get_engine(config)
+    try:
+        engine.capacity()
+    except BackendUnavailable as exc:
+        raise pytest.UsageError(exc.bare_message) from exc
+    return engine
+
+
 class _XdistHooks:
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Any) -> None:
+        """The controller asks the backend before workers start (a refusal would crash each worker instead)."""
+        if get_state(config).options.backend != "sim":
+            _asked_backend(config)
+
     def pytest_configure_node(self, node: Any) -> None:
         st = get_state(node.config)
         node.workerinput["sglang_tune_run_id"] = st.run_id
@@ -183,13 +201,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             prev = done.get(resume_key(it.record))
             if prev is not None:
                 it.resumed = (path, prev)
-    engine = get_engine(config)
-    from pytest_sglang_tune.errors import BackendUnavailable
-
-    try:  # "could not ask" (unreachable, 401/403, not installed) ends the session; "no capacity" skips below
-        engine.capacity()
-    except BackendUnavailable as exc:
-        raise pytest.UsageError(exc.bare_message) from exc
+    engine = _asked_backend(config)
     for it in tune_items:
         st.suite_files[it.suite.name] = str(it.suite.path)
         problem = engine.capacity_problem(it.cfg, it.suite.backend_settings(st.options.backend))

@@ -190,10 +190,14 @@ class OmeBackend:
                               "a single-node runtime", config_id=spec.config_id)
         model = objects.ensure(mref, namespace, settings.get("create_model"), "model")
         model = self._model_ready(model, mref, namespace, timeout, spec.config_id)
-        if self._inventory is not None:
-            problem = unplaceable(pod_placement(runtime, settings, namespace, mref), self._inventory.nodes)
-            if problem:
-                raise DeployError(f"{problem}; nothing was deployed", config_id=spec.config_id)
+        problem = self._explain(runtime, settings, namespace)
+        if problem:   # the node list is the session's snapshot: look again before failing (a model just landed)
+            from pytest_sglang_tune.backends.ome_preflight import read_inventory
+
+            self._inventory = read_inventory(api) or self._inventory
+            problem = self._explain(runtime, settings, namespace)
+        if problem:
+            raise DeployError(f"{problem}; nothing was deployed", config_id=spec.config_id)
         name = isvc_name(spec.suite, spec.config_id, spec.run_id or self.run_id)
         body = build_inference_service(spec, name=name, namespace=namespace, runtime=runtime, owner=self.owner,
                                        default_mode=self.deployment_mode)

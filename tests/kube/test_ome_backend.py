@@ -341,3 +341,36 @@ def test_sweep_removes_only_objects_of_dead_owners(fake_cluster: FakeCluster) ->
     assert any("removed InferenceService default/left-by-dead" in n for n in b.session_notes)
     assert any("kept 2" in n for n in b.session_notes)
 
+
+
+def test_watch_streams_resume_and_relist_after_410_gone(fake_cluster: FakeCluster,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes import client, config
+
+    from pytest_sglang_tune.backends import ome_watch
+
+    monkeypatch.setattr(ome_watch, "WATCH_S", 1)
+    api = config.new_client_from_config(config_file=str(fake_cluster.kubeconfig))
+    streams = ome_watch.Streams(api)
+    streams.add("node", client.CoreV1Api(api).list_node, label_selector="watched=yes")
+    try:
+        fake_cluster.add_node("w-0", 0, labels={"watched": "yes"})
+        fake_cluster.store.history_limit = 2
+        for i in range(6):   # churn the stream does not see: its resourceVersion falls out of the history
+            fake_cluster.add_node(f"churn-{i}", 0)
+        time.sleep(1.5)      # the stream reopens from its old resourceVersion: 410 Gone, then lists afresh
+        fake_cluster.add_node("w-1", 0, labels={"watched": "yes"})
+        seen: list[str] = []
+        deadline = time.monotonic() + 5
+        while "w-1" not in seen and time.monotonic() < deadline:
+            item = streams.get(0.2)
+            if item is not None:
+                assert item[0] == "node", item
+                seen.append(item[2]["metadata"]["name"])
+        assert "w-1" in seen
+        watches = [p for m, p in fake_cluster.api.requests if p.startswith("/api/v1/nodes") and "watch=true" in p]
+        resumed = ["resourceVersion=" in p for p in watches]
+        assert True in resumed                                   # it resumes rather than relisting every time,
+        assert False in resumed[resumed.index(True):]            # and relisted after the 410
+    finally:
+        streams.stop()

@@ -262,3 +262,13 @@ def test_a_namespaced_user_runs_with_gpus_and_is_told_capacity_was_not_checked(p
     run = report_of(pytester)["run"]
     assert run["gpus"] == 4 and "capacity not checked" in run["gpus_source"]
     assert run["machine"]["gpus"] == "unknown"
+
+
+def test_could_not_ask_under_xdist_is_one_message_from_the_controller(pytester: pytest.Pytester,
+                                                                      fake_cluster: FakeCluster) -> None:
+    fake_cluster.api.ome_installed = False
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    result = pytester.runpytest_subprocess("--backend=ome", "-n", "2", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ome: OME is not installed in the cluster at *"])
+    assert not any("INTERNALERROR" in line for line in result.stdout.lines + result.stderr.lines)
