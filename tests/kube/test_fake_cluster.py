@@ -215,3 +215,14 @@ def test_denied_and_unauthorized_requests_get_the_real_status_bodies(fake_cluste
     fake_cluster.api.unauthorized = True
     resp = requests.get(f"{fake_cluster.api.url}/version", timeout=10)
     assert resp.status_code == 401 and resp.json()["reason"] == "Unauthorized"
+
+
+def test_the_fakes_never_import_the_plugin() -> None:
+    """A fake that imports the code it checks can only agree with it (it may *run* the sim server, as a pod)."""
+    import ast
+
+    for path in sorted(Path(__file__).parent.glob("fake*.py")):
+        tree = ast.parse(path.read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("pytest_sglang_tune")], path.name
