@@ -297,7 +297,10 @@ class OmeBackend:
             info["endpoint_mode"] = "direct (status.url)" if base == (isvc.get("status") or {}).get("url") else \
                 "direct (engine Service)"
         else:
-            deployment.tunnel = self._tunnel(api, namespace, pod, cspec, isvc)
+            from pytest_sglang_tune.backends.ome_tunnel import open_tunnel
+
+            deployment.tunnel = open_tunnel(api, self.kubeconfig, self.port_forward, pod, cspec,
+                                            (isvc.get("status") or {}).get("url"))
             base = f"http://127.0.0.1:{deployment.tunnel.local_port}"
             info["endpoint_mode"] = deployment.tunnel.mode
             if TUNNEL_NOTE not in self.session_notes:
@@ -353,28 +356,6 @@ class OmeBackend:
             return None
         out: dict[str, Any] = self._client.sanitize_for_serialization(svc)
         return out
-
-    def _tunnel(self, api: Any, namespace: str, pod: dict[str, Any], container: dict[str, Any],
-                isvc: dict[str, Any]) -> Any:
-        from urllib.parse import urlparse
-
-        from pytest_sglang_tune.backends.ome_tunnel import ClientTunnel, KubectlTunnel, choose
-
-        port = next((int(p["containerPort"]) for p in container.get("ports") or () if p.get("containerPort")), 0)
-        if not port:
-            port = urlparse((isvc.get("status") or {}).get("url") or "").port or 8080
-        if choose(self.port_forward) == "kubectl":
-            return KubectlTunnel(self.kubeconfig or os.environ.get("KUBECONFIG"), namespace,
-                                 pod["metadata"]["name"], port)
-        tunnel = ClientTunnel(api, namespace, pod["metadata"]["name"], port)
-        try:
-            tunnel.check()
-        except Exception as exc:
-            tunnel.close()
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise DeployError(f"port-forward to pod {namespace}/{pod['metadata']['name']}:{port} failed: "
-                              f"{type(exc).__name__}: {first}") from exc
-        return tunnel
 
     def pod_logs(self, namespace: str, pod: str | None, container: str, tail: int) -> str:
         if not pod or self._client is None:
