@@ -10,7 +10,9 @@
         ├── NotReady                the server did not become ready (timeout, or it died while starting)
         ├── ServerCrashed           the server died after it became ready (e.g. during load)
         ├── FlagsNotApplied         /server_info does not reflect the config's flags
-        └── CapacityError           not enough GPUs for the config
+        ├── CapacityError           not enough GPUs for the config
+        └── BackendUnavailable      the backend cannot be asked at all (API unreachable, 401/403, not installed):
+                                    an error of the whole session, never a skip
 
 Warnings subclass ``pytest.PytestWarning`` (see ``TuneWarning``).
 """
@@ -86,6 +88,13 @@ class FlagsNotApplied(BackendError):
 
 class CapacityError(BackendError):
     """Not enough GPUs for the configuration."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be asked (unreachable, credentials refused, not installed).
+
+    Raised by ``Backend.capacity()``; the plugin ends the session with it (one ``ERROR: <message>`` line, as a
+    ``pytest.UsageError``) instead of skipping every config into a green run."""
 
 
 class TuneWarning(pytest.PytestWarning):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 REDACTED = "***"
@@ -194,3 +195,34 @@ def redact(obj: Any, *, extra_secrets: Iterable[str] = ()) -> Any:
     Mappings come back as ``dict``; other objects are returned as they are.
     """
     return _walk(obj, _literal_secrets(extra_secrets))
+
+
+@dataclass(frozen=True)
+class SecretArg:
+    """A secret flag value taken out of an argv: to be filled from the variable ``var`` when the line runs."""
+
+    var: str      # the flag's name as an environment variable: --api-key → API_KEY
+    prefix: str   # "--api-key=" when the value was joined to its flag, else ""
+
+
+def secret_args(argv: Iterable[Any]) -> list[str | SecretArg]:
+    """``argv`` (as strings) with the value of every secret flag (``--api-key x``, ``--api-key=x``) replaced by
+    a ``SecretArg``, for exported command lines and manifests that must run without holding the secret."""
+    out: list[str | SecretArg] = []
+    pending: str | None = None
+    for item in (str(a) for a in argv):
+        if pending is not None:
+            out.append(SecretArg(pending, ""))
+            pending = None
+            continue
+        flag, eq, _ = item.partition("=")
+        if item.startswith("--") and is_secret_name(flag):
+            var = re.sub(r"[^A-Z0-9_]", "_", flag.lstrip("-").upper())
+            if eq:
+                out.append(SecretArg(var, flag + "="))
+            else:
+                out.append(item)
+                pending = var
+            continue
+        out.append(item)
+    return out

@@ -95,6 +95,18 @@ class TuneSession:
                                   lease_dir=self.lease_dir)
         return self._engine
 
+    def asked_engine(self) -> Engine:
+        """The engine, once its backend answered the capacity question: "could not ask" (unreachable, 401/403,
+        not installed) ends the session with one message; "no capacity" is an answer (configs skip with it)."""
+        from pytest_sglang_tune.errors import BackendUnavailable
+
+        engine = self.engine
+        try:
+            engine.capacity()
+        except BackendUnavailable as exc:
+            raise pytest.UsageError(exc.bare_message) from exc
+        return engine
+
     def backend_names(self) -> list[str]:
         from pytest_sglang_tune.backends.registry import BUILTIN_NAMES
 
@@ -183,7 +195,7 @@ class TuneSession:
                 prev = done.get(resume_key(it.result))
                 if prev is not None:
                     it.resumed = (path, prev)
-        engine = self.engine
+        engine = self.asked_engine()
         for it in tune_items:
             self.suite_files[it.suite.name] = str(it.suite.path)
             problem = engine.capacity_problem(it.cfg, it.suite.backend_settings(self.options.backend))

@@ -58,6 +58,11 @@ class XdistHooks:
         self.session = session
 
     # controller ----------------------------------------------------------------------------------------------
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Any) -> None:
+        """Ask the backend before workers start (a refusal would crash each worker instead)."""
+        if self.session.options.backend != "sim":
+            self.session.asked_engine()
+
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["sglang_tune_run_id"] = self.session.run_id
         node.workerinput["sglang_tune_started_at"] = self.session.started_at

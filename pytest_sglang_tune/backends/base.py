@@ -40,6 +40,7 @@ class Capacity:
 
     gpus: int
     source: str  # e.g. "--gpus=4", "sim virtual GPUs (default 8)", "cluster nodes: 0 nvidia.com/gpu allocatable"
+    checked: bool = True  # False: the backend could not count (e.g. no right to list nodes) and trusts --gpus
 
 
 @dataclass(frozen=True)

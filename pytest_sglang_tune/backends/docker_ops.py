@@ -224,3 +224,47 @@ def parse_ulimits(value: Any) -> list[tuple[str, int, int]]:
 
 def quote_env_names(env: Iterable[str]) -> list[str]:
     return [f"-e {name}" for name in sorted(env)]
+
+
+SERVER_PORT = 30000
+HF_CACHE = "/root/.cache/huggingface"
+PASS_THROUGH_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def docker_run_command(*, image: str, model_path: str, served_model_name: str, argv: Iterable[Any], gpus: int,
+                       settings: dict[str, Any] | None = None, port: int = SERVER_PORT, name: str | None = None
+                       ) -> str:
+    """A ``docker run`` line that serves this config on any host with ``gpus`` NVIDIA GPUs, ready to paste.
+
+    Same image, launch command and container settings as the docker backend (``ipc_host``/``shm_size``,
+    ``ulimits``, ``env``, the Hugging Face cache mounted), with what belongs to one run left out (labels, leased
+    device ids, a loopback-only port). Secrets never appear: ``HF_TOKEN`` and secret-named env entries are passed
+    through from the shell (``-e NAME``), and a secret flag's value becomes ``"$NAME"`` for the shell to expand.
+    """
+    import shlex
+
+    from pytest_sglang_tune.redact import SecretArg, is_secret_name, secret_args
+
+    s = settings or {}
+    flags = ["-d", "--init"]
+    if name:
+        flags += ["--name", name]
+    if gpus > 0:
+        flags += ["--gpus", str(gpus)]
+    if s.get("shm_size"):
+        flags.append(f"--shm-size={s['shm_size']}")
+    if s.get("ipc_host", not s.get("shm_size")):
+        flags.append("--ipc=host")
+    flags += [f"--ulimit={n}={soft}:{hard}" for n, soft, hard in parse_ulimits(s.get("ulimits"))]
+    flags += ["-v", f"{s.get('hf_cache') or '~/.cache/huggingface'}:{HF_CACHE}", "-p", f"{port}:{port}"]
+    env = {str(k): str(v) for k, v in (s.get("env") or {}).items()}
+    passed = sorted({*PASS_THROUGH_ENV, *(k for k in env if is_secret_name(k))})
+    flags += [f"-e {k}" for k in passed]
+    flags += ["-e " + shlex.quote(f"{k}={v}") for k, v in sorted(env.items()) if k not in passed]
+    args = [str(a) for a in argv]
+    if "--served-model-name" not in args:
+        args += ["--served-model-name", served_model_name]
+    words = [f'{a.prefix}"${a.var}"' if isinstance(a, SecretArg) else shlex.quote(a) for a in secret_args(args)]
+    cmd = ["python3", "-m", "sglang.launch_server", "--model-path", shlex.quote(model_path), "--host", "0.0.0.0",
+           "--port", str(port)]
+    return " ".join(["docker", "run", *flags, shlex.quote(image), *cmd, *words])

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_sglang_tune.backends.base import DeploymentSpec
+from pytest_sglang_tune.backends.ome_placement import Placement, affinity_terms, model_ready_label, union_tolerations
 from pytest_sglang_tune.errors import SuiteError
 
 GROUP = "ome.io"
@@ -23,6 +24,11 @@ LABEL_CONFIG = f"{PREFIX}/config"
 ANN_OWNER = f"{PREFIX}/owner"          # host:pid of the pytest process that created the object
 ANN_CONFIG_ID = f"{PREFIX}/config-id"  # the full canonical config id (labels are too short for it)
 POD_LABEL = "ome.io/inferenceservice"
+# OME pkg/constants/constants.go DeploymentMode: read from the InferenceService's annotations by the controller
+# (controller.go: Serverless is refused without Knative) and from spec.engine.annotations for the engine itself
+# (utils/deployment.go DetermineEngineDeploymentMode: it overrides the leader/worker heuristic)
+ANN_DEPLOYMENT_MODE = "ome.io/deploymentMode"
+DEPLOYMENT_MODES = ("RawDeployment", "Serverless")
 GPU = "nvidia.com/gpu"
 # OME derives Deployment/Service names from the InferenceService name ("<name>-engine", "-router" ...) and the
 # pods add a hash: stay well below the 63-character DNS-1123 label limit.
@@ -78,9 +84,21 @@ def runtime_runner(runtime: Mapping[str, Any]) -> Mapping[str, Any]:
     return runner if isinstance(runner, Mapping) else {}
 
 
+def runtime_engine(runtime: Mapping[str, Any]) -> Mapping[str, Any]:
+    engine = runtime.get("spec", {}).get("engineConfig")
+    return engine if isinstance(engine, Mapping) else {}
+
+
+def multi_node(runtime: Mapping[str, Any]) -> bool:
+    """A runtime whose engine has a leader or worker: OME deploys it MultiNode and runs the leader's runner."""
+    engine = runtime_engine(runtime)
+    return engine.get("leader") is not None or engine.get("worker") is not None
+
+
 def gpu_resources(runtime: Mapping[str, Any], gpus: int) -> dict[str, Any]:
-    """The runtime's requests/limits with only the GPU count changed (OME ignores the runtime's resources as soon
-    as the InferenceService sets any, so CPU and memory are copied)."""
+    """The runtime's requests/limits with only the GPU count changed. OME merges the runtime's runner resources
+    key by key anyway (``MergeEngineSpec``); they are copied so the manifest states the whole request. Setting
+    any resources turns off OME's AcceleratorClass resource injection (``MergeEngineResources``)."""
     res = copy.deepcopy(dict(runtime_runner(runtime).get("resources") or {}))
     out: dict[str, Any] = {}
     for part in ("requests", "limits"):
@@ -91,9 +109,13 @@ def gpu_resources(runtime: Mapping[str, Any], gpus: int) -> dict[str, Any]:
 
 
 def runner_args(spec: DeploymentSpec) -> list[str]:
-    args = [str(a) for a in spec.argv]
+    return argv_with_name(spec.argv, spec.served_model_name)
+
+
+def argv_with_name(argv: Sequence[Any], served_model_name: str) -> list[str]:
+    args = [str(a) for a in argv]
     if "--served-model-name" not in args:
-        args += ["--served-model-name", spec.served_model_name]
+        args += ["--served-model-name", served_model_name]
     return args
 
 
@@ -126,35 +148,146 @@ def model_ref(settings: Mapping[str, Any]) -> dict[str, str]:
     return _ref(settings.get("model"), "model", ("ClusterBaseModel", "BaseModel"))
 
 
-def build_inference_service(spec: DeploymentSpec, *, name: str, namespace: str, runtime: Mapping[str, Any],
-                            owner: str) -> dict[str, Any]:
-    """One InferenceService: the suite's model and runtime, our flags appended as ``runner.args``."""
-    settings = spec.settings
-    runner: dict[str, Any] = {
-        "name": str(runtime_runner(runtime).get("name") or "ome-container"),
-        "args": runner_args(spec),
-        "resources": gpu_resources(runtime, spec.gpus),
-    }
+def deployment_mode(settings: Mapping[str, Any], default: str | None = None) -> str:
+    """The ``ome.io/deploymentMode`` we pin: the suite's ``deployment_mode``, else the backend's, else
+    RawDeployment (a cluster whose default is Serverless without Knative would otherwise refuse every
+    InferenceService with ``ServerlessModeRejected``)."""
+    mode = str(settings.get("deployment_mode") or default or "RawDeployment")
+    if mode not in DEPLOYMENT_MODES:
+        raise SuiteError(f"{mode!r} is not a deployment mode we can tune with; allowed: {', '.join(DEPLOYMENT_MODES)} "
+                         "(MultiNode runtimes are not supported yet)", field="backends.ome.deployment_mode")
+    return mode
+
+
+def node_selector(settings: Mapping[str, Any]) -> dict[str, str]:
+    value = settings.get("node_selector")
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SuiteError(f"must be a mapping label: value, got {value!r}", field="backends.ome.node_selector")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def suite_tolerations(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    value = settings.get("tolerations")
+    if not value:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise SuiteError(f"must be a list of Kubernetes tolerations, got {value!r}", field="backends.ome.tolerations")
+    return [dict(t) for t in value]
+
+
+def engine_spec(runtime: Mapping[str, Any], settings: Mapping[str, Any], args: list[str], gpus: int,
+                mode: str) -> dict[str, Any]:
+    """``spec.engine``: our runner (name, args, resources, env), the pinned mode, selectors and tolerations."""
+    runner: dict[str, Any] = {"name": str(runtime_runner(runtime).get("name") or "ome-container"), "args": args,
+                              "resources": gpu_resources(runtime, gpus)}
     env = _env_list(settings.get("env"), "backends.ome.env")
     if env:
         runner["env"] = env
-    engine: dict[str, Any] = {"minReplicas": 1, "maxReplicas": 1, "runner": runner}
-    if settings.get("node_selector"):
-        if not isinstance(settings["node_selector"], Mapping):
-            raise SuiteError(f"must be a mapping label: value, got {settings['node_selector']!r}",
-                             field="backends.ome.node_selector")
-        engine["nodeSelector"] = {str(k): str(v) for k, v in settings["node_selector"].items()}
-    if settings.get("tolerations"):
-        if not isinstance(settings["tolerations"], list):
-            raise SuiteError(f"must be a list of Kubernetes tolerations, got {settings['tolerations']!r}",
-                             field="backends.ome.tolerations")
-        engine["tolerations"] = [dict(t) for t in settings["tolerations"]]
+    engine: dict[str, Any] = {"minReplicas": 1, "maxReplicas": 1, "annotations": {ANN_DEPLOYMENT_MODE: mode},
+                              "runner": runner}
+    selector = node_selector(settings)
+    if selector:
+        engine["nodeSelector"] = selector
+    own = suite_tolerations(settings)
+    if own:  # a pod-spec list has no merge strategy: ours would replace the runtime's (and its GPU toleration)
+        engine["tolerations"] = union_tolerations(runtime_engine(runtime).get("tolerations"), own)
+    return engine
+
+
+def build_inference_service(spec: DeploymentSpec, *, name: str, namespace: str, runtime: Mapping[str, Any],
+                            owner: str, default_mode: str | None = None) -> dict[str, Any]:
+    """One InferenceService: the suite's model and runtime, our flags appended as ``runner.args``."""
+    settings = spec.settings
+    mode = deployment_mode(settings, default_mode)
     meta = object_meta(name, namespace, spec.run_id, owner,
                        extra_labels={LABEL_SUITE: label_value(spec.suite), LABEL_CONFIG: label_value(spec.config_id)},
-                       annotations={ANN_CONFIG_ID: spec.config_id})
+                       annotations={ANN_CONFIG_ID: spec.config_id, ANN_DEPLOYMENT_MODE: mode})
     return {
         "apiVersion": API_VERSION,
         "kind": "InferenceService",
         "metadata": meta,
-        "spec": {"model": model_ref(settings), "runtime": runtime_ref(settings), "engine": engine},
+        "spec": {"model": model_ref(settings), "runtime": runtime_ref(settings),
+                 "engine": engine_spec(runtime, settings, runner_args(spec), spec.gpus, mode)},
     }
+
+
+# --- export: the winner as a manifest to apply ------------------------------------------------------------------
+EXPORT_SECRET = "sglang-tune-secrets"   # the Secret an exported manifest takes its secret values from
+
+
+def _secrets_to_refs(args: list[str], env: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Secret flag values become ``$(VAR)`` (Kubernetes expands it in args) and secret env values a
+    ``secretKeyRef`` into ``EXPORT_SECRET``: the manifest is complete, and holds no secret."""
+    from pytest_sglang_tune.redact import SecretArg, is_secret_name, secret_args
+
+    def ref(var: str) -> dict[str, Any]:
+        return {"name": var, "valueFrom": {"secretKeyRef": {"name": EXPORT_SECRET, "key": var}}}
+
+    split = secret_args(args)
+    out_args = [f"{a.prefix}$({a.var})" if isinstance(a, SecretArg) else a for a in split]
+    out_env = [ref(e["name"]) if is_secret_name(e["name"]) else e for e in env]
+    named = {e["name"] for e in out_env}
+    out_env += [ref(v) for v in dict.fromkeys(a.var for a in split if isinstance(a, SecretArg)) if v not in named]
+    return out_args, out_env
+
+
+def export_inference_service(*, suite: str, config_id: str, settings: Mapping[str, Any], served_model_name: str,
+                             argv: Sequence[Any], gpus: int, runtime: Mapping[str, Any] | None = None,
+                             namespace: str | None = None, name: str | None = None,
+                             default_mode: str | None = None) -> dict[str, Any]:
+    """The InferenceService that deploys this config, ready for ``kubectl apply``.
+
+    The same inputs as a deploy (the suite's ``backends.ome`` settings, its served model name, the config's flags
+    as argv, its GPU count) give the same ``spec`` a deploy sends, minus what belongs to one run: no run label,
+    no owner annotation, a name stable across runs (``name`` overrides it). Secret flag and env values are taken
+    from the Secret ``sglang-tune-secrets`` (one key per variable). ``runtime`` (the ServingRuntime object) supplies
+    the runner's container name and resources; without it the name is ``ome-container`` and only GPUs are set
+    (OME merges the runtime's other resources key by key).
+    """
+    rt = runtime or {}
+    mode = deployment_mode(settings, default_mode)
+    engine = engine_spec(rt, settings, argv_with_name(argv, served_model_name), gpus, mode)
+    runner = engine["runner"]
+    runner["args"], env = _secrets_to_refs(runner["args"], runner.pop("env", []))
+    if env:
+        runner["env"] = env
+    meta: dict[str, Any] = {"name": name or isvc_name(suite, config_id, "export"),
+                            "labels": {LABEL_SUITE: label_value(suite), LABEL_CONFIG: label_value(config_id)},
+                            "annotations": {ANN_CONFIG_ID: config_id, ANN_DEPLOYMENT_MODE: mode}}
+    ns = namespace or settings.get("namespace")
+    if ns:
+        meta["namespace"] = str(ns)
+    return {"apiVersion": API_VERSION, "kind": "InferenceService", "metadata": meta,
+            "spec": {"model": model_ref(settings), "runtime": runtime_ref(settings), "engine": engine}}
+
+
+def export_inference_service_yaml(**kwargs: Any) -> str:
+    """``export_inference_service(**kwargs)`` as YAML text, with a header saying where it came from."""
+    import yaml
+
+    body = export_inference_service(**kwargs)
+    head = [f"# pytest-sglang-tune: the best config of suite {kwargs.get('suite')!r} as an OME InferenceService",
+            f"# config: {kwargs.get('config_id')}", "# apply with: kubectl apply -f <this file>"]
+    if EXPORT_SECRET in str(body):
+        head.append(f"# secret values come from Secret {EXPORT_SECRET!r} (one key per variable named below)")
+    return "\n".join(head) + "\n" + str(yaml.safe_dump(body, sort_keys=False))
+
+
+def pod_placement(runtime: Mapping[str, Any], settings: Mapping[str, Any], namespace: str,
+                  model: Mapping[str, str] | None = None) -> Placement:
+    """What the engine pod will carry that decides its node: the runtime's tolerations (or the union we send),
+    the runtime's, its engine's and the suite's node selectors (OME ``MergeNodeSelector``), the runtime engine's
+    required node affinity, and OME's model-ready node label."""
+    engine = runtime_engine(runtime)
+    own = suite_tolerations(settings)
+    tolerations = union_tolerations(engine.get("tolerations"), own) if own else list(engine.get("tolerations") or ())
+    selector = {**(runtime.get("spec", {}).get("nodeSelector") or {}), **(engine.get("nodeSelector") or {}),
+                **node_selector(settings)}
+    label, desc = None, ""
+    if model is not None:
+        label = model_ready_label(model["kind"], model["name"], namespace)
+        desc = f"{model['kind']} {model['name']}"
+    return Placement(tolerations=tuple(tolerations), node_selector={str(k): str(v) for k, v in selector.items()},
+                     affinity=tuple(affinity_terms(engine.get("affinity"))), model_label=label, model=desc)

@@ -7,9 +7,12 @@ lists with a merge key (``env`` by name, ``ports`` by containerPort, ``volumeMou
 by name) merge item by item. The kubelet then runs ``command + args`` with ``$(VAR)`` expanded from the
 container's env (``$$`` escapes ``$``; an undefined ``$(VAR)`` stays as written).
 
-The shipped SGLang runtimes put the whole launch line in ``runner.command`` and set no ``args``; so the tuned
-flags go into ``runner.args``: they are appended to the runtime's line, and argparse keeps the last value of a
-repeated flag. Replacing ``command`` instead would drop the runtime's host, port and model path.
+Then ``MergeRuntimeContainers`` merges the runner into the pod spec's container of the same name and
+concatenates ``args`` (that container's args first). The shipped SGLang runtimes put the whole launch line in
+``runner.command`` and set no ``args``; so the tuned flags go into ``runner.args``: they are appended to the
+runtime's line, and argparse keeps the last value of a repeated flag. Replacing ``command`` instead would drop the
+runtime's host, port and model path. The fake cluster merges with its own code (``tests/kube/fakemerge.py``);
+both are pinned by OME's own test cases (``tests/kube/test_ome_merge.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,29 @@ MERGE_KEYS: dict[str, str] = {
 }
 
 
+def _index(items: Sequence[Any], key: str, value: Any) -> int:
+    return next((i for i, x in enumerate(items) if isinstance(x, Mapping) and x.get(key) == value), -1)
+
+
+def _merge_list(base: list[Any], patch: list[Any], key: str) -> list[Any]:
+    """Lists with a merge key: patched items in the patch's order, the base's other items slotted back before the
+    first patched item that followed them in the base (apimachinery ``normalizeElementOrder``)."""
+    patched = []
+    for item in patch:
+        i = _index(base, key, item.get(key)) if isinstance(item, Mapping) else -1
+        patched.append(strategic_merge(base[i], item) if i >= 0 else copy.deepcopy(item))
+    names = {item.get(key) for item in patch if isinstance(item, Mapping)}
+    rest = [copy.deepcopy(x) for x in base if not (isinstance(x, Mapping) and x.get(key) in names)]
+    out: list[Any] = []
+    while rest or patched:
+        if not patched or (rest and 0 <= _index(base, key, rest[0].get(key)) <
+                           _index(base, key, patched[0].get(key))):
+            out.append(rest.pop(0))
+        else:
+            out.append(patched.pop(0))
+    return out
+
+
 def strategic_merge(base: Any, patch: Any, key: str | None = None) -> Any:
     """``patch`` over ``base`` as Kubernetes' strategic merge patch does for the fields above."""
     if isinstance(base, Mapping) and isinstance(patch, Mapping):
@@ -45,18 +71,22 @@ def strategic_merge(base: Any, patch: Any, key: str | None = None) -> Any:
                 out[k] = copy.deepcopy(v)
         return out
     if isinstance(base, list) and isinstance(patch, list) and key in MERGE_KEYS:
-        mk = MERGE_KEYS[key]
-        out_list = [copy.deepcopy(x) for x in base]
-        for item in patch:
-            idx = next((i for i, x in enumerate(out_list)
-                        if isinstance(x, Mapping) and isinstance(item, Mapping) and x.get(mk) == item.get(mk)),
-                       None)
-            if idx is None:
-                out_list.append(copy.deepcopy(item))
-            else:
-                out_list[idx] = strategic_merge(out_list[idx], item)
-        return out_list
+        return _merge_list(base, patch, MERGE_KEYS[key])
     return copy.deepcopy(patch)
+
+
+MAP_FIELDS = {"nodeSelector", "labels", "annotations", "requests", "limits", "overhead", "config"}
+
+
+def omit_empty(value: Any) -> Any:
+    """What OME's typed structs send on: ``omitempty`` drops nil, empty lists and empty maps (an empty struct, such
+    as ``emptyDir: {}``, is sent)."""
+    if isinstance(value, Mapping):
+        return {k: omit_empty(v) for k, v in value.items()
+                if v is not None and v != [] and not (v == {} and k in MAP_FIELDS)}
+    if isinstance(value, list):
+        return [omit_empty(v) for v in value]
+    return value
 
 
 ENGINE_FIELDS_FROM_RUNTIME = ("runner", "leader", "worker")
@@ -69,7 +99,21 @@ def merge_engine(runtime_engine: Mapping[str, Any] | None, isvc_engine: Mapping[
         return None
     if runtime_engine is None:
         return copy.deepcopy(dict(isvc_engine))
-    return strategic_merge(dict(runtime_engine), dict(isvc_engine))  # type: ignore[no-any-return]
+    merged = strategic_merge(omit_empty(runtime_engine), omit_empty(isvc_engine))
+    return merged  # type: ignore[no-any-return]
+
+
+def merge_runtime_container(container: Mapping[str, Any], runner: Mapping[str, Any]) -> dict[str, Any]:
+    """``MergeRuntimeContainers``: the runner strategic-merged over the pod spec's container of the same name,
+    then ``args`` = the container's args + the runner's (concatenated, not replaced)."""
+    merged: dict[str, Any] = strategic_merge(omit_empty(container), omit_empty(runner))
+    merged["name"] = merged.get("name") or container.get("name", "")
+    args = [*(container.get("args") or ()), *(runner.get("args") or ())]
+    if args:
+        merged["args"] = args
+    else:
+        merged.pop("args", None)
+    return merged
 
 
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")

@@ -56,8 +56,11 @@ class Objects:
         except api_exception() as exc:
             if getattr(exc, "status", None) == 404:
                 return None
-            raise DeployError(f"cannot read {kind} {name!r}: HTTP {getattr(exc, 'status', '?')} "
-                              f"{getattr(exc, 'reason', '')}") from exc
+            from pytest_sglang_tune.backends.ome_preflight import RBAC_HINT, status_message
+
+            hint = f"; grant get on {PLURALS[kind]}.{GROUP} ({RBAC_HINT})" if exc.status == 403 else ""
+            raise DeployError(f"cannot read {kind} {name!r}: HTTP {getattr(exc, 'status', '?')}: "
+                              f"{status_message(exc)}{hint}") from exc
         return obj if isinstance(obj, dict) else None
 
     def names(self, kind: str, namespace: str | None) -> list[str]:

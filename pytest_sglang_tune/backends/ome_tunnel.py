@@ -176,3 +176,25 @@ class KubectlTunnel:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+
+def open_tunnel(api_client: Any, kubeconfig: str | None, kind: str | None, pod: dict[str, Any],
+                container: dict[str, Any], status_url: str | None) -> ClientTunnel | KubectlTunnel:
+    """A checked tunnel to the engine container's first port (else ``status.url``'s, else 8080)."""
+    from urllib.parse import urlparse
+
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    port = next((int(p["containerPort"]) for p in container.get("ports") or () if p.get("containerPort")), 0)
+    if not port:
+        port = urlparse(status_url or "").port or 8080
+    if choose(kind) == "kubectl":
+        return KubectlTunnel(kubeconfig or os.environ.get("KUBECONFIG"), namespace, name, port)
+    tunnel = ClientTunnel(api_client, namespace, name, port)
+    try:
+        tunnel.check()
+    except Exception as exc:
+        tunnel.close()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise DeployError(f"port-forward to pod {namespace}/{name}:{port} failed: {type(exc).__name__}: "
+                          f"{first}") from exc
+    return tunnel

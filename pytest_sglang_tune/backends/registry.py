@@ -26,7 +26,7 @@ SETTINGS_FIELDS: dict[str, tuple[str, ...]] = {
     "docker": ("image", "needs_gpus", "env", "shm_size", "ipc_host", "hf_cache", "ulimits", "network",
                "ready_timeout"),
     "ome": ("runtime", "model", "namespace", "create_runtime", "create_model", "create_namespace", "node_selector",
-            "tolerations", "env", "ready_timeout", "unschedulable_grace"),
+            "tolerations", "env", "ready_timeout", "unschedulable_grace", "image_pull_grace", "deployment_mode"),
 }
 
 

@@ -162,7 +162,8 @@ def _manifest(report: Mapping[str, Any]) -> list[str]:
         ("Started", run.get("started_at")), ("Finished", run.get("finished_at")),
         ("Exit status", run.get("exit_status")), ("Interrupted", run.get("interrupted") or None),
         ("Host", machine.get("host")), ("Platform", machine.get("platform")), ("Python", machine.get("python")),
-        ("CPU", cpu), ("Machine GPUs", ", ".join(str(g) for g in machine.get("gpus") or []) or "none found"),
+        ("CPU", cpu), ("Machine GPUs", machine["gpus"] if isinstance(machine.get("gpus"), str) else
+                         ", ".join(str(g) for g in machine.get("gpus") or []) or "none found"),
         ("Command", command_text(run.get("argv"))),
         ("Repeats", ", ".join(repeats)), ("Confidence", methods or None), ("Ties", ties),
         ("Results", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"),

@@ -79,6 +79,8 @@ def write_run_report(session: Any, exitstatus: int) -> dict[str, Path]:
         "machine": session.machine(),
         "tie_margin": options.tie_margin,
     }
+    if cap is not None and not cap.checked:  # the backend could not count (e.g. ome without node rights)
+        run["machine"] = {**run["machine"], "gpus": "unknown"}
     unique = dedupe(list(session.results))
     ranking = config.hook.pytest_sglang_tune_rank(config=config, results=[r.to_dict() for r in unique],
                                                   objectives=suite_objectives(suites))

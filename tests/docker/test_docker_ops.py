@@ -89,3 +89,28 @@ def test_owner_alive_tells_live_dead_recycled_and_foreign_owners() -> None:
     child.wait()
     assert not owner_alive(f"{socket.gethostname()}:{child.pid}:")
     assert owner_alive(f"another-host-{os.getpid()}:1:1")  # cannot tell on another host: keep it
+
+
+def test_docker_run_command_for_the_winner() -> None:
+    import shlex
+
+    from pytest_sglang_tune.backends.docker_ops import docker_run_command
+
+    line = docker_run_command(image="lmsysorg/sglang:v0.5.5.post3-cu129-amd64", model_path="Qwen/Qwen3-8B",
+                              served_model_name="qwen3-8b", gpus=2,
+                              argv=["--tp-size", "2", "--api-key", "sk-live-123", "--schedule-policy", "lpm"],
+                              settings={"env": {"HF_TOKEN": "hf_abc", "NCCL_DEBUG": "INFO"}, "shm_size": "16g",
+                                        "ulimits": {"memlock": -1}})
+    assert "sk-live-123" not in line and "hf_abc" not in line
+    words = shlex.split(line)
+    assert words[:2] == ["docker", "run"]
+    assert ["--gpus", "2"] == words[words.index("--gpus"):words.index("--gpus") + 2]
+    assert "--shm-size=16g" in words and "--ipc=host" not in words and "--ulimit=memlock=-1:-1" in words
+    assert "HF_TOKEN" in words and "NCCL_DEBUG=INFO" in words            # -e HF_TOKEN: passed from the shell
+    cmd = words[words.index("lmsysorg/sglang:v0.5.5.post3-cu129-amd64") + 1:]
+    assert cmd[:7] == ["python3", "-m", "sglang.launch_server", "--model-path", "Qwen/Qwen3-8B", "--host", "0.0.0.0"]
+    assert cmd[-8:] == ["--tp-size", "2", "--api-key", "$API_KEY", "--schedule-policy", "lpm",
+                        "--served-model-name", "qwen3-8b"]
+    assert '--api-key "$API_KEY"' in line   # the shell fills it in when the line runs
+    plain = docker_run_command(image="i", model_path="m", served_model_name="m", gpus=0, argv=[])
+    assert "--gpus" not in plain and "--ipc=host" in plain and "-p 30000:30000" in plain

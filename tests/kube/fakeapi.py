@@ -1,27 +1,40 @@
 """A fake Kubernetes API server on 127.0.0.1 for the kube tests: real REST paths and verbs, Status bodies,
-resourceVersion, label/field selectors, merge/strategic/JSON patch, the status subresource, chunked watch
-streams with timeoutSeconds, discovery, pod logs and ``pods/portforward``: the websocket (v4.channel.k8s.io)
-the kubernetes Python client speaks, and kubectl's SPDY/3.1 upgrade (``fakespdy``). State is in memory; test
-code plays the controllers.
+resourceVersion, label/field selectors (unsupported field labels: ``400``), ``limit``/``continue`` pagination,
+merge/strategic/JSON patch, the status subresource, chunked watch streams with timeoutSeconds (an expired
+resourceVersion: an ``ERROR`` event with ``410 Gone``), discovery, pod logs and ``pods/portforward``: the websocket
+(v4.channel.k8s.io) the kubernetes Python client speaks, and kubectl's SPDY/3.1 upgrade (``fakespdy``).
+
+Custom resources are admitted as the real server admits them (``fakeschema``: pruning, the ``fieldValidation``
+parameter, schema validation). Authorization can be narrowed (``deny``) and authentication refused
+(``unauthorized``) with the real ``403``/``401`` Status bodies. State is in memory (``fakestore``); test code
+plays the controllers. Nothing here imports the plugin.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from fakemerge import patch_object
+from fakeschema import MODES, admit
 from fakespdy import Front
-
-from pytest_sglang_tune.backends.ome_merge import strategic_merge
+from fakestore import (
+    BadSelector,
+    Gone,
+    Store,
+    field_match,
+    json_patch,
+    label_match,
+    merge_patch,
+    now,
+    parse_field_selector,
+)
 
 
 @dataclass(frozen=True)
@@ -38,16 +51,16 @@ class Resource:
 
 
 CORE = [Resource("", "v1", "pods", "Pod", True), Resource("", "v1", "nodes", "Node", False),
-        Resource("", "v1", "events", "Event", True), Resource("", "v1", "namespaces", "Namespace", False)]
+        Resource("", "v1", "events", "Event", True), Resource("", "v1", "namespaces", "Namespace", False),
+        Resource("", "v1", "services", "Service", True),
+        Resource("apps", "v1", "replicasets", "ReplicaSet", True),
+        Resource("apps", "v1", "deployments", "Deployment", True)]
 OME = [Resource("ome.io", "v1beta1", p, k, n) for p, k, n in (
     ("inferenceservices", "InferenceService", True), ("servingruntimes", "ServingRuntime", True),
     ("clusterservingruntimes", "ClusterServingRuntime", False), ("basemodels", "BaseModel", True),
     ("clusterbasemodels", "ClusterBaseModel", False))]
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+USER = "tester"   # the kubeconfig's user, as authorization messages name it
 
 
 def status_body(code: int, reason: str, message: str, *, kind: str = "", name: str = "") -> dict[str, Any]:
@@ -55,165 +68,10 @@ def status_body(code: int, reason: str, message: str, *, kind: str = "", name: s
             "reason": reason, "details": {"name": name, "kind": kind}, "code": code}
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
-
-def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
-        parent = doc
-        for p in parts[:-1]:
-            parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
-        last = parts[-1]
-        if op["op"] in ("add", "replace"):
-            if isinstance(parent, list):
-                if last == "-":
-                    parent.append(op["value"])
-                elif op["op"] == "add":
-                    parent.insert(int(last), op["value"])
-                else:
-                    parent[int(last)] = op["value"]
-            else:
-                parent[last] = op["value"]
-        elif op["op"] == "remove":
-            del parent[int(last) if isinstance(parent, list) else last]
-        elif op["op"] == "test":
-            cur = parent[int(last)] if isinstance(parent, list) else parent.get(last)
-            if cur != op["value"]:
-                raise ValueError(f"test failed at {op['path']}")
-    return doc
-
-
-def label_match(labels: dict[str, str], selector: str) -> bool:
-    if not selector:
-        return True
-    reqs, depth, cur = [], 0, ""
-    for ch in selector:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            reqs.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    reqs.append(cur)
-    for req in (r.strip() for r in reqs if r.strip()):
-        if " notin " in req:
-            k, vals = req.split(" notin ")
-            if labels.get(k.strip()) in {v.strip() for v in vals.strip("() ").split(",")}:
-                return False
-        elif " in " in req:
-            k, vals = req.split(" in ")
-            if labels.get(k.strip()) not in {v.strip() for v in vals.strip("() ").split(",")}:
-                return False
-        elif "!=" in req:
-            k, v = req.split("!=", 1)
-            if labels.get(k.strip()) == v.strip():
-                return False
-        elif "=" in req:
-            k, v = req.replace("==", "=").split("=", 1)
-            if labels.get(k.strip()) != v.strip():
-                return False
-        elif req.startswith("!"):
-            if req[1:] in labels:
-                return False
-        elif req not in labels:
-            return False
-    return True
-
-
-def field_value(obj: dict[str, Any], path: str) -> str:
-    cur: Any = obj
-    for p in path.split("."):
-        cur = cur.get(p) if isinstance(cur, dict) else None
-    return "" if cur is None else str(cur)
-
-
-def field_match(obj: dict[str, Any], selector: str) -> bool:
-    for req in (r.strip() for r in selector.split(",") if r.strip()):
-        if "!=" in req:
-            k, v = req.split("!=", 1)
-            if field_value(obj, k) == v:
-                return False
-        else:
-            k, v = req.replace("==", "=").split("=", 1)
-            if field_value(obj, k) != v:
-                return False
-    return True
-
-
-class Store:
-    """Objects by (plural, namespace, name); every change gets a resourceVersion and reaches watchers."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.rv = 100
-        self.history: list[tuple[int, str, str, dict[str, Any]]] = []
-        self.watchers: list[tuple[str, asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = []
-        self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
-
-    def _emit(self, etype: str, plural: str, obj: dict[str, Any]) -> None:
-        snap = copy.deepcopy(obj)
-        self.history.append((int(obj["metadata"]["resourceVersion"]), etype, plural, snap))
-        del self.history[:-5000]
-        for wplural, loop, q in list(self.watchers):
-            if wplural == plural:
-                loop.call_soon_threadsafe(q.put_nowait, (etype, snap))
-        for fn in list(self.listeners):
-            fn(etype, plural, snap)
-
-    def put(self, plural: str, obj: dict[str, Any], etype: str | None = None) -> dict[str, Any]:
-        with self.lock:
-            meta = obj.setdefault("metadata", {})
-            key = (plural, meta.get("namespace", ""), meta["name"])
-            existed = key in self.objects
-            self.rv += 1
-            meta["resourceVersion"] = str(self.rv)
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", now())
-            self.objects[key] = obj
-            self._emit(etype or ("MODIFIED" if existed else "ADDED"), plural, obj)
-            return copy.deepcopy(obj)
-
-    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        with self.lock:
-            obj = self.objects.get((plural, namespace, name))
-            return copy.deepcopy(obj) if obj else None
-
-    def delete(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        with self.lock:
-            obj = self.objects.pop((plural, namespace, name), None)
-            if obj is None:
-                return None
-            self.rv += 1
-            obj["metadata"]["resourceVersion"] = str(self.rv)
-            self._emit("DELETED", plural, obj)
-            return copy.deepcopy(obj)
-
-    def list(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        with self.lock:
-            return [copy.deepcopy(o) for (p, ns, _), o in sorted(self.objects.items())
-                    if p == plural and (namespace is None or ns == namespace)]
-
-    def update(self, plural: str, namespace: str, name: str, fn: Callable[[dict[str, Any]], None]) -> bool:
-        with self.lock:
-            obj = self.objects.get((plural, namespace, name))
-            if obj is None:
-                return False
-            fn(obj)
-            self.put(plural, obj)
-            return True
+def verb_of(method: str, named: bool, watch: bool) -> str:
+    """The RBAC verb of a request (``k8s.io/apiserver/pkg/endpoints/request/requestinfo.go``)."""
+    verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}.get(method)
+    return verb or ("watch" if watch else "get" if named else "list")
 
 
 class FakeApiServer:
@@ -222,9 +80,12 @@ class FakeApiServer:
     def __init__(self, store: Store, crd_dir: Path | None = None) -> None:
         self.store = store
         self.ome_installed = True
+        self.unauthorized = False                            # every request: 401
+        self.denied: set[tuple[str, str, str]] = set()       # (verb, resource[/sub], scope: * | cluster | <ns>)
         self.logs: dict[tuple[str, str], Path] = {}          # (namespace, pod) -> log file
         self.pod_ports: dict[tuple[str, str], int] = {}      # (namespace, pod) -> local port of the "pod"
         self.requests: list[tuple[str, str]] = []
+        self.warnings: list[str] = []                        # Warning headers sent (fieldValidation=Warn)
         self.crds: dict[str, dict[str, Any]] = load_crds(crd_dir) if crd_dir is not None else {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
@@ -232,6 +93,22 @@ class FakeApiServer:
         self._thread: threading.Thread | None = None
         self._front_server: asyncio.Server | None = None
         self.front: Front | None = None
+
+    def deny(self, verb: str, resource: str, scope: str = "*") -> None:
+        """Refuse ``verb`` on ``resource`` (``pods/log`` for a subresource): everywhere (``*``), for cluster-wide
+        requests only (``cluster``), or in one namespace."""
+        self.denied.add((verb, resource, scope))
+
+    def _forbidden(self, verb: str, res: Resource, sub: str, ns: str, name: str) -> web.Response | None:
+        resource = res.plural + (f"/{sub}" if sub else "")
+        scope = ns if (res.namespaced and ns) else "cluster"
+        if not any(v == verb and r == resource and s in ("*", scope) for v, r, s in self.denied):
+            return None
+        where = f'in the namespace "{ns}"' if scope != "cluster" else "at the cluster scope"
+        subject = f'{res.plural} "{name}"' if name else res.plural
+        return self.error(403, "Forbidden", f'{subject} is forbidden: User "{USER}" cannot {verb} resource '
+                                            f'"{resource}" in API group "{res.group}" {where}',
+                          kind=res.plural, name=name)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -289,6 +166,8 @@ class FakeApiServer:
     # --- routing -------------------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        if self.unauthorized:
+            return self.error(401, "Unauthorized", "Unauthorized")
         parts = [p for p in request.path.split("/") if p]
         if parts == ["version"]:
             return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake",
@@ -323,6 +202,10 @@ class FakeApiServer:
         res = next((r for r in known if r.plural == plural), None)
         if res is None:
             return self.error(404, "NotFound", f"the server could not find the requested resource ({request.path})")
+        watch = request.query.get("watch") in ("true", "1")
+        refused = self._forbidden(verb_of(request.method, bool(name), watch), res, sub, ns, name)
+        if refused is not None:
+            return refused
         if res.plural == "customresourcedefinitions":
             return self.crd(name)
         if sub == "log":
@@ -331,9 +214,11 @@ class FakeApiServer:
             return await self.portforward(request, ns, name)
         if not name:
             if request.method == "GET":
-                if request.query.get("watch") in ("true", "1"):
-                    return await self.watch(request, res, ns)
-                return self.list(request, res, ns)
+                try:
+                    fsel = parse_field_selector(res.plural, request.query.get("fieldSelector", ""))
+                except BadSelector as exc:
+                    return self.error(400, "BadRequest", str(exc))
+                return await self.watch(request, res, ns, fsel) if watch else self.list(request, res, ns, fsel)
             if request.method == "POST":
                 return await self.create(request, res, ns)
         else:
@@ -361,28 +246,40 @@ class FakeApiServer:
         return web.json_response(crd)
 
     # --- verbs ---------------------------------------------------------------------------------------------
-    def _select(self, request: web.Request, res: Resource, ns: str) -> list[dict[str, Any]]:
-        items = self.store.list(res.plural, ns if res.namespaced and ns else None)
-        lsel, fsel = request.query.get("labelSelector", ""), request.query.get("fieldSelector", "")
-        return [o for o in items if label_match(o["metadata"].get("labels") or {}, lsel) and field_match(o, fsel)]
-
-    def list(self, request: web.Request, res: Resource, ns: str) -> web.Response:
-        items = self._select(request, res, ns)
+    def list(self, request: web.Request, res: Resource, ns: str, fsel: list[tuple[str, bool, str]]
+             ) -> web.Response:
+        lsel = request.query.get("labelSelector", "")
+        items = [o for o in self.store.list(res.plural, ns if res.namespaced and ns else None)
+                 if label_match(o["metadata"].get("labels") or {}, lsel) and field_match(o, fsel)]
         for o in items:
             o.setdefault("apiVersion", res.api_version)
             o.setdefault("kind", res.kind)
-        return web.json_response({"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                                  "metadata": {"resourceVersion": str(self.store.rv)}, "items": items})
+        meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
+        limit = int(request.query.get("limit") or 0)
+        offset = int(request.query.get("continue") or 0)
+        if limit:
+            if offset + limit < len(items):
+                meta["continue"] = str(offset + limit)
+                meta["remainingItemCount"] = len(items) - offset - limit
+            items = items[offset:offset + limit]
+        return web.json_response({"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta,
+                                  "items": items})
 
-    async def watch(self, request: web.Request, res: Resource, ns: str) -> web.StreamResponse:
+    async def watch(self, request: web.Request, res: Resource, ns: str, fsel: list[tuple[str, bool, str]]
+                    ) -> web.StreamResponse:
         q: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        lsel, fsel = request.query.get("labelSelector", ""), request.query.get("fieldSelector", "")
+        lsel = request.query.get("labelSelector", "")
         since = request.query.get("resourceVersion", "")
+        gone: str | None = None
         with self.store.lock:
             self.store.watchers.append((res.plural, loop, q))
+            backlog: list[tuple[str, dict[str, Any]]] = []
             if since and since != "0":
-                backlog = [(t, o) for rv, t, p, o in self.store.history if p == res.plural and rv > int(since)]
+                try:
+                    backlog = self.store.since(res.plural, int(since))
+                except Gone as exc:
+                    gone = str(exc)
             else:
                 backlog = [("ADDED", o) for o in self.store.list(res.plural)]
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -394,6 +291,10 @@ class FakeApiServer:
             return ((not res.namespaced or not ns or obj["metadata"].get("namespace") == ns)
                     and label_match(obj["metadata"].get("labels") or {}, lsel) and field_match(obj, fsel))
         try:
+            if gone is not None:   # what the API server streams for an expired resourceVersion
+                await resp.write((json.dumps({"type": "ERROR", "object": status_body(
+                    410, "Expired", gone)}) + "\n").encode())
+                deadline = loop.time()
             for etype, obj in backlog:
                 if wanted(obj):
                     await resp.write((json.dumps({"type": etype, "object": obj}) + "\n").encode())
@@ -418,6 +319,30 @@ class FakeApiServer:
             pass
         return resp
 
+    def _admit(self, request: web.Request, res: Resource, body: dict[str, Any]
+               ) -> tuple[web.Response | None, dict[str, Any], list[str]]:
+        """CRD pruning and validation with the request's ``fieldValidation`` (custom resources only)."""
+        crd = self.crds.get(f"{res.plural}.{res.group}") if res.group == "ome.io" else None
+        if crd is None:
+            return None, body, []
+        mode = request.query.get("fieldValidation") or "Warn"
+        if mode not in MODES:
+            return self.error(400, "BadRequest", f'fieldValidation {mode!r} is invalid: valid values are: '
+                                                 f'{", ".join(MODES)}'), body, []
+        code, message, kept, warnings = admit(body, crd, mode)
+        if code:
+            reason = "BadRequest" if code == 400 else "Invalid"
+            return self.error(code, reason, message, kind=res.kind,
+                              name=(body.get("metadata") or {}).get("name", "")), body, []
+        self.warnings += warnings
+        return None, kept, warnings
+
+    @staticmethod
+    def _respond(obj: dict[str, Any], status: int, warnings: list[str]) -> web.Response:
+        headers = {"Warning": ", ".join('299 - "' + w.replace('"', '\\"') + '"' for w in warnings)} \
+            if warnings else None
+        return web.json_response(obj, status=status, headers=headers)
+
     async def create(self, request: web.Request, res: Resource, ns: str) -> web.Response:
         body = await request.json()
         meta = body.setdefault("metadata", {})
@@ -435,10 +360,13 @@ class FakeApiServer:
                               kind=res.plural, name=name)
         body.setdefault("apiVersion", res.api_version)
         body.setdefault("kind", res.kind)
-        meta["generation"] = 1
+        refused, body, warnings = self._admit(request, res, body)
+        if refused is not None:
+            return refused
+        body["metadata"]["generation"] = 1
         if res.kind == "Namespace":
             body.setdefault("status", {"phase": "Active"})
-        return web.json_response(self.store.put(res.plural, body), status=201)
+        return self._respond(self.store.put(res.plural, body), 201, warnings)
 
     async def modify(self, request: web.Request, res: Resource, ns: str, name: str, *, status_only: bool
                      ) -> web.Response:
@@ -458,7 +386,10 @@ class FakeApiServer:
             elif ctype == "application/json-patch+json":
                 new = json_patch(cur, body)
             elif ctype == "application/strategic-merge-patch+json":
-                new = strategic_merge(cur, body)
+                if res.group == "ome.io":
+                    return self.error(415, "UnsupportedMediaType", "strategic merge patch is not supported for "
+                                                                   "custom resources; use merge or JSON patch")
+                new = patch_object(cur, body, None)
             else:
                 new = merge_patch(cur, body)
         except (ValueError, KeyError, IndexError) as exc:
@@ -471,8 +402,13 @@ class FakeApiServer:
             if new.get("spec") != cur.get("spec"):
                 new.setdefault("metadata", {})["generation"] = int(cur["metadata"].get("generation", 1)) + 1
         new["metadata"] = {**cur["metadata"], **{k: v for k, v in new.get("metadata", {}).items()
-                                                  if k in ("labels", "annotations", "generation")}}
-        return web.json_response(self.store.put(res.plural, new))
+                                                  if k in ("labels", "annotations", "generation", "finalizers")}}
+        warnings: list[str] = []
+        if not status_only:
+            refused, new, warnings = self._admit(request, res, new)
+            if refused is not None:
+                return refused
+        return self._respond(self.store.put(res.plural, new), 200, warnings)
 
     # --- subresources --------------------------------------------------------------------------------------
     def pod_log(self, request: web.Request, ns: str, name: str) -> web.Response:

@@ -1,55 +1,117 @@
-"""The fake OME controller, kube-scheduler and kubelet of the kube tests.
+"""The fake OME controller and model agent of the kube tests (the kubelet side is ``fakekubelet``).
 
-On an InferenceService it merges the engine runner over the runtime's as OME does (``ome_merge``), schedules the
-pod on a node with enough free ``nvidia.com/gpu``, and "runs" the container: the sim server with exactly the
-merged ``command + args`` (``$(MODEL_PATH)`` expanded), the only rewrites being pod networking (``--host`` →
-127.0.0.1, ``--port`` → a free local port, reachable through the API server's port-forward) and
-``python3 -m sglang.launch_server`` → ``python -m pytest_sglang_tune.sim``. Faults are injected by name.
+Written from sgl-project/ome at the CRDs' commit (17b77edad23bae262e0c9adb7f12039397a5d33d), never from the
+plugin: ``pkg/controller/v1beta1/inferenceservice/controller.go`` ``Reconcile`` — the deployment mode from the
+InferenceService's ``ome.io/deploymentMode`` annotation or the cluster default (a Serverless mode without Knative:
+Warning ``ServerlessModeRejected`` and nothing else); the base model (``utils/reconciliation.go``
+``GetBaseModel``: a namespaced BaseModel first, then the ClusterBaseModel; a disabled one is refused) else Warning
+``ModelReconcileError``; the named runtime validated (``pkg/runtimeselector``: model format required, runtime found
+namespaced-first, not disabled, a supported format matching name, framework, architecture and quantization) else
+Warning ``RuntimeValidationError``; the specs merged (``fakemerge``) and the engine's pod built; then the node
+selector OME adds so the pod lands where the model is (``utils/utils.go`` ``AddNodeSelectorForModelReadyNode``,
+``components/base.go`` ``UpdatePodSpecNodeSelector``/``MergeNodeSelector``), the ``MODEL_PATH`` env
+(``UpdateEnvVariables``), the ``<isvc>-engine`` and ``<isvc>`` Services and ``status.url``
+(``setExternalServiceURL``: ``http://<isvc>.<ns>.svc.cluster.local``; here the pod's loopback address, which is
+this fake cluster's network). All failures are events on the InferenceService, with no status written.
+
+The model agent (``pkg/modelagent``) downloads a new base model and labels the nodes it is on
+``models.ome.io/clusterbasemodel.<name>=Ready`` (``pkg/constants/constants.go`` ``GetClusterBaseModelLabel``; long
+names hashed); the model's ``status`` gets ``state`` and ``nodesReady``.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import queue
-import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import requests
-from fakeapi import FakeApiServer, Store, now
+from fakeapi import FakeApiServer
+from fakekubelet import FakeKubelet
+from fakemerge import DEPLOYMENT_MODE, VALID_MODES, engine_deployment_mode, engine_pod_spec, merge_engine_spec
+from fakestore import Store, now
 
-from pytest_sglang_tune.backends.local import free_port
-from pytest_sglang_tune.backends.ome_manifest import GPU, POD_LABEL
-from pytest_sglang_tune.backends.ome_merge import container_env, effective_argv, merge_engine
+POD_LABEL = "ome.io/inferenceservice"
+ISVC_WARNINGS = ("AcceleratorClassError", "DeploymentModeError", "RuntimeFetchError", "MergeSpecsError")
 
-SGLANG = ["python3", "-m", "sglang.launch_server"]
-FAULTS = ("drop_args", "tp_override", "unschedulable", "image_pull", "crash", "never_ready", "model_failure",
-          "oom")
+
+def model_label(name: str, namespace: str = "") -> str:
+    """``GetClusterBaseModelLabel`` / ``GetBaseModelLabel`` (``MaxLabelNameLength`` 49, 8-hex-digit hash)."""
+    def cut(text: str, room: int) -> str:
+        if len(text) <= room:
+            return text
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        keep = room - 9
+        return digest[:room] if keep <= 0 else digest + "-" + text[-keep:]
+    if not namespace:
+        return "models.ome.io/clusterbasemodel." + cut(name, 49 - len("clusterbasemodel."))
+    space = 49 - len("basemodel.") - 1
+    if len(namespace) + len(name) <= space:
+        return f"models.ome.io/{namespace}.basemodel.{name}"
+    ns_room = space // 2 if space < 16 else min(len(namespace), 8)
+    return f"models.ome.io/{cut(namespace, ns_room)}.basemodel.{cut(name, space - ns_room)}"
+
+
+def _format_matches(model: dict[str, Any], fmt: dict[str, Any]) -> bool:
+    """``compareSupportedModelFormats`` (versions compared only when both sides give one)."""
+    for key in ("modelArchitecture", "quantization"):
+        if (model.get(key) is None) != (fmt.get(key) is None) or model.get(key) != fmt.get(key):
+            return False
+    want = fmt.get("modelFormat")
+    if want is None or want.get("name") != (model.get("modelFormat") or {}).get("name"):
+        return False
+    mf, ff = model.get("modelFramework"), fmt.get("modelFramework")
+    if (mf is None) != (ff is None):
+        return False
+    return mf is None or mf.get("name") == ff.get("name")
 
 
 class FakeOmeController:
+    """Reconciles InferenceServices (one thread) and plays the model agent; faults are injected by name."""
+
     def __init__(self, store: Store, api: FakeApiServer, workdir: Path) -> None:
         self.store = store
         self.api = api
-        self.workdir = workdir
-        self.fault: str | None = None
-        self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-        self.argv_seen: dict[str, list[str]] = {}      # isvc name -> argv the "container" ran (after rewrites)
-        self.merged_seen: dict[str, list[str]] = {}    # isvc name -> command + args after OME's merge
+        self.kubelet = FakeKubelet(store, api, workdir)
+        self.default_deployment_mode = "RawDeployment"   # the cluster's inferenceservice config
+        self.knative = False
+        self.isvc_warning: tuple[str, str] | None = None   # inject a Warning event on the InferenceService
+        self.model_nodes: list[str] | None = None   # where the model agent puts new models (None: every GPU node)
+        self.download_s = 0.3
+        self.merged_seen: dict[str, list[str]] = {}   # isvc name -> the engine container's command + args
+        self.modes_seen: dict[str, str] = {}          # isvc name -> the engine's deployment mode
         self._q: queue.Queue[tuple[str, str, dict[str, Any]] | None] = queue.Queue()
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="fake-ome-controller")
         store.listeners.append(self._on_change)
         self._thread.start()
 
+    # the kubelet's knobs, kept reachable where the tests always found them
+    @property
+    def fault(self) -> str | None:
+        return self.kubelet.fault
+
+    @fault.setter
+    def fault(self, value: str | None) -> None:
+        self.kubelet.fault = value
+
+    @property
+    def procs(self) -> dict[tuple[str, str], Any]:
+        return self.kubelet.procs
+
+    @property
+    def argv_seen(self) -> dict[str, list[str]]:
+        return self.kubelet.argv_seen
+
     def _on_change(self, etype: str, plural: str, obj: dict[str, Any]) -> None:
         if plural == "inferenceservices" and etype in ("ADDED", "DELETED"):
+            self._q.put((etype, plural, obj))
+        elif plural in ("clusterbasemodels", "basemodels") and etype == "ADDED" and not obj.get("status"):
+            self._q.put((etype, plural, obj))
+        elif plural == "pods" and etype == "DELETED":
             self._q.put((etype, plural, obj))
 
     def _loop(self) -> None:
@@ -57,222 +119,119 @@ class FakeOmeController:
             item = self._q.get()
             if item is None:
                 return
-            etype, _, obj = item
+            etype, plural, obj = item
             try:
-                if etype == "ADDED":
+                if plural == "inferenceservices" and etype == "ADDED":
                     self.reconcile(obj)
+                elif plural == "inferenceservices":
+                    self.kubelet.teardown(obj)
+                elif plural == "pods":
+                    self.kubelet.retry_pending()
                 else:
-                    self.teardown(obj)
+                    self.download(plural, obj)
             except Exception as exc:  # a controller bug must show in the test, not hang it
                 print(f"fake controller error: {exc!r}", file=sys.stderr)
 
     def close(self) -> None:
         self._q.put(None)
         self._thread.join(5)
-        self._stop.set()
-        for proc in list(self.procs.values()):
-            self._kill(proc)
+        self.kubelet.close()
 
-    # --- helpers -------------------------------------------------------------------------------------------
-    def event(self, ns: str, pod: str, reason: str, message: str, etype: str = "Warning") -> None:
-        name = f"{pod}.{uuid.uuid4().hex[:10]}"
-        self.store.put("events", {
-            "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": ns},
-            "involvedObject": {"kind": "Pod", "name": pod, "namespace": ns, "apiVersion": "v1"},
-            "reason": reason, "message": message, "type": etype, "count": 1,
-            "firstTimestamp": now(), "lastTimestamp": now(), "source": {"component": "kubelet"}})
+    # --- the model agent -----------------------------------------------------------------------------------
+    def download(self, plural: str, model: dict[str, Any]) -> None:
+        name, ns = model["metadata"]["name"], model["metadata"].get("namespace", "")
+        self.store.update(plural, ns, name, lambda o: o.__setitem__("status", {"state": "In_Transit"}))
+        time.sleep(self.download_s)
+        gpu_nodes = [n["metadata"]["name"] for n in self.store.list("nodes")
+                     if float(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", 0)) > 0]
+        ready = self.model_nodes if self.model_nodes is not None else gpu_nodes
+        self.label_nodes(model_label(name, ns), ready)
+        self.store.update(plural, ns, name, lambda o: o.__setitem__(
+            "status", {"state": "Ready", "nodesReady": list(ready), "lifecycle": "Ready"}))
 
-    def set_isvc_status(self, ns: str, name: str, status: Mapping[str, Any]) -> None:
-        def apply(o: dict[str, Any]) -> None:
-            o["status"] = {**(o.get("status") or {}), **status}
-        self.store.update("inferenceservices", ns, name, apply)
-
-    def update_pod(self, ns: str, pod: str, status: Mapping[str, Any], node: str | None = None) -> None:
-        def apply(o: dict[str, Any]) -> None:
-            o["status"] = {**(o.get("status") or {}), **status}
-            if node:
-                o["spec"]["nodeName"] = node
-        self.store.update("pods", ns, pod, apply)
-
-    def free_gpus(self) -> dict[str, int]:
-        free = {}
-        for n in self.store.list("nodes"):
-            free[n["metadata"]["name"]] = int((n.get("status") or {}).get("allocatable", {}).get(GPU, 0))
-        for p in self.store.list("pods"):
-            node = p["spec"].get("nodeName")
-            if node in free and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-                for c in p["spec"]["containers"]:
-                    free[node] -= int((c.get("resources") or {}).get("limits", {}).get(GPU, 0))
-        return free
+    def label_nodes(self, label: str, nodes: list[str]) -> None:
+        for node in nodes:
+            self.store.update("nodes", "", node, lambda o: o["metadata"].setdefault("labels", {}).__setitem__(
+                label, "Ready"))
 
     # --- reconcile -----------------------------------------------------------------------------------------
+    def warn(self, isvc: dict[str, Any], reason: str, message: str) -> None:
+        """``Recorder.Eventf(isvc, Warning, reason, message)``."""
+        meta = isvc["metadata"]
+        self.store.put("events", {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:10]}", "namespace": meta["namespace"]},
+            "involvedObject": {"kind": "InferenceService", "name": meta["name"], "namespace": meta["namespace"],
+                               "apiVersion": "ome.io/v1beta1", "uid": meta.get("uid")},
+            "reason": reason, "message": message, "type": "Warning", "count": 1, "firstTimestamp": now(),
+            "lastTimestamp": now(), "source": {"component": "inferenceservice-controller"}})
+
+    def _base_model(self, isvc: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        name, ns = isvc["spec"]["model"]["name"], isvc["metadata"]["namespace"]
+        model = self.store.get("basemodels", ns, name) or self.store.get("clusterbasemodels", "", name)
+        if model is None:
+            return None, f"No BaseModel or ClusterBaseModel with the name: {name}"
+        if model["spec"].get("disabled"):
+            return None, f"specified base model {name} is disabled"
+        return model, ""
+
+    def _runtime(self, isvc: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        rname, ns = isvc["spec"]["runtime"]["name"], isvc["metadata"]["namespace"]
+        spec = model["spec"]
+        if not (spec.get("modelFormat") or {}).get("name"):
+            return None, "invalid model specification: modelFormat.name: model format name is required"
+        ns_rt = self.store.get("servingruntimes", ns, rname)
+        runtime = ns_rt or self.store.get("clusterservingruntimes", "", rname)
+        if runtime is None:
+            return None, f"runtime {rname} not found in namespace {ns} or at cluster scope"
+        if runtime["spec"].get("disabled"):
+            return None, f"{'namespace' if ns_rt else 'cluster'}-scoped runtime {rname} is disabled"
+        if not any(_format_matches(spec, f) for f in runtime["spec"].get("supportedModelFormats") or []):
+            return None, (f"runtime {rname} does not support model {spec['modelFormat']['name']}: "
+                          "incompatible model format")
+        return runtime, ""
+
     def reconcile(self, isvc: dict[str, Any]) -> None:
-        ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
-        spec = isvc["spec"]
-        rref, mref = spec["runtime"], spec["model"]
-        if rref.get("kind", "ClusterServingRuntime") == "ClusterServingRuntime":
-            runtime = self.store.get("clusterservingruntimes", "", rref["name"])
-        else:
-            runtime = self.store.get("servingruntimes", ns, rref["name"])
-        if mref.get("kind", "ClusterBaseModel") == "ClusterBaseModel":
-            model = self.store.get("clusterbasemodels", "", mref["name"])
-        else:
-            model = self.store.get("basemodels", ns, mref["name"])
-        if runtime is None or model is None:
-            missing = "BaseModelNotFound" if model is None else "NoSupportingRuntime"
-            self.set_isvc_status(ns, name, {"modelStatus": {"lastFailureInfo": {
-                "reason": missing, "message": "not found"}}})
-            return
-        engine = merge_engine(runtime["spec"].get("engineConfig"), spec.get("engine"))
-        assert engine is not None
-        runner = dict(engine["runner"])
-        if self.fault == "drop_args":
-            runner.pop("args", None)           # the old autotuner's bug: the tuned flags never reach the pod
-        if self.fault == "tp_override":        # an AcceleratorClass runtimeArgsOverride rewriting --tp-size
-            runner["args"] = [*(runner.get("args") or ()), "--tp-size", "2"]
-        model_path = str(model["spec"].get("storage", {}).get("path") or "/mnt/models")
-        runner["env"] = [*(runner.get("env") or ()), {"name": "MODEL_PATH", "value": model_path}]
-        pod_name = f"{name}-engine-{uuid.uuid4().hex[:5]}"
-        container = {k: v for k, v in runner.items() if k in (
-            "name", "image", "command", "args", "env", "ports", "resources", "volumeMounts")}
-        container.setdefault("image", "docker.io/lmsysorg/sglang:fake")
-        container["resources"] = {part: {k: str(v) for k, v in values.items()}  # the API server's canonical form
-                                  for part, values in (container.get("resources") or {}).items()}
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": pod_name, "namespace": ns, "labels": {POD_LABEL: name, "component": "engine"},
-            "ownerReferences": [{"apiVersion": "ome.io/v1beta1", "kind": "InferenceService", "name": name,
-                                 "uid": isvc["metadata"]["uid"], "controller": True}]},
-            "spec": {"containers": [container], "nodeSelector": engine.get("nodeSelector"),
-                     "tolerations": engine.get("tolerations")},
-            "status": {"phase": "Pending", "conditions": []}}
-        self.store.put("pods", pod)
-        merged = effective_argv(container)
-        self.merged_seen[name] = merged
-        need = int((container.get("resources") or {}).get("limits", {}).get(GPU, 0))
-        free = self.free_gpus()
-        node = next((n for n, f in sorted(free.items()) if f >= need), None)
-        if self.fault == "unschedulable" or node is None:
-            msg = f"0/{len(free)} nodes are available: {len(free)} Insufficient {GPU}. preemption: 0/{len(free)} " \
-                  "nodes are available: no preemption victims found for incoming pod."
-            self.update_pod(ns, pod_name, {"conditions": [{"type": "PodScheduled", "status": "False",
-                                                           "reason": "Unschedulable", "message": msg}]})
-            self.event(ns, pod_name, "FailedScheduling", msg)
-            return
-        cname = container["name"]
-        scheduled = [{"type": "PodScheduled", "status": "True"}]
-        if self.fault == "image_pull":
-            msg = f'Back-off pulling image "{container["image"]}"'
-            self.update_pod(ns, pod_name, {"conditions": scheduled, "containerStatuses": [{
-                "name": cname, "image": container["image"], "imageID": "", "ready": False, "restartCount": 0,
-                "state": {"waiting": {"reason": "ImagePullBackOff", "message": msg}}}]}, node=node)
-            self.event(ns, pod_name, "Failed", f"Failed to pull image {container['image']!r}: ErrImagePull")
-            return
-        if self.fault == "never_ready":
-            self.update_pod(ns, pod_name, {"phase": "Running", "conditions": scheduled, "containerStatuses": [
-                self._cstatus(container, ready=False)]}, node=node)
-            return
-        if self.fault == "model_failure":
-            self.update_pod(ns, pod_name, {"phase": "Running", "conditions": scheduled, "containerStatuses": [
-                self._cstatus(container, ready=False)]}, node=node)
-            self.set_isvc_status(ns, name, {"modelStatus": {"lastFailureInfo": {
-                "reason": "ModelLoadFailed", "message": "weights for the model could not be loaded",
-                "exitCode": 1}}})
-            return
-        argv = self._runnable(merged)
-        if self.fault == "crash":
-            argv = [sys.executable, "-c", "import sys; print('Traceback: RuntimeError: CUDA error: an illegal "
-                    "memory access was encountered', flush=True); sys.exit(3)"]
-        if self.fault == "oom":
-            argv = [sys.executable, "-c", "import sys; print('Killed', flush=True); sys.exit(137)"]
-        self.argv_seen[name] = argv
-        log = self.workdir / f"{ns}-{pod_name}.log"
-        env = dict(os.environ)
-        env.update(container_env(container))
-        env["SGLANG_SIM_NUM_GPUS"] = "8"  # virtual GPUs; the pod's request is bookkeeping
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
-        self.procs[(ns, pod_name)] = proc
-        self.api.logs[(ns, pod_name)] = log
-        self.update_pod(ns, pod_name, {"phase": "Running", "conditions": scheduled, "podIP": "127.0.0.1",
-                                       "containerStatuses": [self._cstatus(container, ready=False)]}, node=node)
-        threading.Thread(target=self._kubelet, args=(ns, name, pod_name, container, proc), daemon=True).start()
-
-    def _cstatus(self, container: Mapping[str, Any], *, ready: bool, restarts: int = 0,
-                 state: Mapping[str, Any] | None = None, last: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        out = {"name": container["name"], "image": container["image"], "imageID":
-               "docker.io/lmsysorg/sglang@sha256:" + "ab" * 32, "ready": ready, "restartCount": restarts,
-               "state": state or {"running": {"startedAt": now()}}}
-        if last:
-            out["lastState"] = last
-        return out
-
-    def _runnable(self, argv: list[str]) -> list[str]:
-        out = list(argv)
-        if out[:3] == SGLANG:
-            out = [sys.executable, "-m", "pytest_sglang_tune.sim", *out[3:]]
-        port = free_port()
-        self._port = port
-        for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
-            if flag in out:
-                out[out.index(flag) + 1] = value
-            else:
-                out += [flag, value]
-        return out
-
-    def _kubelet(self, ns: str, name: str, pod: str, container: dict[str, Any], proc: subprocess.Popen[bytes]
-                 ) -> None:
-        port = int(self.argv_seen[name][self.argv_seen[name].index("--port") + 1]) \
-            if "--port" in self.argv_seen[name] else 0
-        self.api.pod_ports[(ns, pod)] = port
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not self._stop.is_set():
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health_generate", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        if proc.poll() is None:
-            self.update_pod(ns, pod, {"containerStatuses": [self._cstatus(container, ready=True)],
-                                      "conditions": [{"type": "PodScheduled", "status": "True"},
-                                                     {"type": "Ready", "status": "True"}]})
-            self.set_isvc_status(ns, name, {"url": f"http://127.0.0.1:{port}", "conditions": [
-                {"type": "EngineReady", "status": "True", "lastTransitionTime": now()},
-                {"type": "Ready", "status": "True", "lastTransitionTime": now()}]})
-            proc.wait()
-        if self.store.get("pods", ns, pod) is None or self._stop.is_set():
-            return
-        code = proc.returncode
-        reason = "OOMKilled" if code == 137 else "Error"
-        self.update_pod(ns, pod, {"containerStatuses": [self._cstatus(
-            container, ready=False, restarts=1,
-            state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}},
-            last={"terminated": {"exitCode": code, "reason": reason, "startedAt": now(), "finishedAt": now()}})]})
-        self.event(ns, pod, "BackOff", "Back-off restarting failed container " + container["name"])
-
-    # --- teardown ------------------------------------------------------------------------------------------
-    def teardown(self, isvc: dict[str, Any]) -> None:
-        ns, name = isvc["metadata"]["namespace"], isvc["metadata"]["name"]
-        for pod in self.store.list("pods", ns):
-            if (pod["metadata"].get("labels") or {}).get(POD_LABEL) != name:
-                continue
-            pname = pod["metadata"]["name"]
-            self.store.update("pods", ns, pname, lambda o: o["metadata"].__setitem__("deletionTimestamp", now()))
-            proc = self.procs.pop((ns, pname), None)
-            if proc is not None:
-                self._kill(proc)
-            self.store.delete("pods", ns, pname)
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(5)
+        meta, spec = isvc["metadata"], isvc["spec"]
+        ns, name = meta["namespace"], meta["name"]
+        mode = (meta.get("annotations") or {}).get(DEPLOYMENT_MODE)
+        mode = mode if mode in VALID_MODES else self.default_deployment_mode
+        if mode == "Serverless" and not self.knative:
+            return self.warn(isvc, "ServerlessModeRejected", "It is not possible to use Serverless deployment "
+                                                             "mode when Knative Services are not available")
+        model, why = self._base_model(isvc)
+        if model is None:
+            return self.warn(isvc, "ModelReconcileError", why)
+        runtime, why = self._runtime(isvc, model)
+        if runtime is None:
+            rname, mname = spec["runtime"]["name"], spec["model"]["name"]
+            return self.warn(isvc, "RuntimeValidationError", f"Runtime {rname} does not support model {mname}: "
+                                                             f"{why}")
+        if self.isvc_warning is not None:
+            return self.warn(isvc, *self.isvc_warning)
+        engine = merge_engine_spec(runtime["spec"].get("engineConfig"), spec.get("engine"))
+        if engine is None:
+            return self.warn(isvc, "MergeSpecsError", "engine component is required")
+        pod_spec, container_name = engine_pod_spec(engine)
+        container = next(c for c in pod_spec["containers"] if c.get("name") == container_name)
+        env = container.setdefault("env", [])
+        path = (model["spec"].get("storage") or {}).get("path")
+        if path and not any(e.get("name") == "MODEL_PATH" for e in env):
+            env.append({"name": "MODEL_PATH", "value": path})
+        selector = {**(runtime["spec"].get("nodeSelector") or {}), **((spec.get("engine") or {})
+                                                                       .get("nodeSelector") or {})}
+        pod_spec["nodeSelector"] = {model_label(model["metadata"]["name"], model["metadata"].get("namespace", "")):
+                                    "Ready", **(pod_spec.get("nodeSelector") or {}), **selector}
+        self.merged_seen[name] = [*(container.get("command") or []), *(container.get("args") or [])]
+        self.modes_seen[name] = engine_deployment_mode(engine)
+        port = next((int(p["containerPort"]) for p in container.get("ports") or [] if p.get("containerPort")), 8080)
+        for svc in (f"{name}-engine", name):
+            self.store.put("services", {
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": svc, "namespace": ns,
+                                                                    "labels": {POD_LABEL: name}},
+                "spec": {"ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
+                         "selector": {POD_LABEL: name, "component": "engine"}, "clusterIP": "127.0.0.1"}})
+        labels = {POD_LABEL: name, "component": "engine", "serving-runtime": runtime["metadata"]["name"],
+                  "app": f"{name}-engine"}
+        self.kubelet.deploy(isvc, pod_spec, container_name, labels)
+        return None

@@ -72,6 +72,10 @@ def test_manifest_carries_flags_as_runner_args_and_copies_runtime_resources() ->
     assert runner["resources"] == {"requests": {"cpu": "10", "memory": "30Gi", "nvidia.com/gpu": "2"},
                                    "limits": {"cpu": "10", "memory": "30Gi", "nvidia.com/gpu": "2"}}
     assert body["spec"]["engine"]["minReplicas"] == body["spec"]["engine"]["maxReplicas"] == 1
+    # the deployment mode is pinned for the controller (metadata) and for the engine itself (engine annotations)
+    assert body["metadata"]["annotations"]["ome.io/deploymentMode"] == "RawDeployment"
+    assert body["spec"]["engine"]["annotations"] == {"ome.io/deploymentMode": "RawDeployment"}
+    assert "tolerations" not in body["spec"]["engine"]   # none of ours: the pod keeps the runtime's
     assert body["spec"]["runtime"] == {"name": "srt-qwen3-8b", "kind": "ClusterServingRuntime"}
     assert body["spec"]["model"] == {"name": "qwen3-8b", "kind": "ClusterBaseModel"}
     labels = body["metadata"]["labels"]
@@ -86,6 +90,7 @@ def test_manifest_carries_flags_as_runner_args_and_copies_runtime_resources() ->
     {"env": {"NCCL_DEBUG": "INFO", "HF_HUB_OFFLINE": 1}},
     {"node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
     {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    {"deployment_mode": "Serverless"},
     {"runtime": {"name": "srt-ns", "kind": "ServingRuntime"}, "model": {"name": "m", "kind": "BaseModel"}},
 ])
 def test_every_generated_manifest_passes_the_closed_crd_schema(crds: dict[str, Any],
@@ -130,7 +135,70 @@ def test_upstream_samples_pass_the_closed_schema(crds: dict[str, Any]) -> None:
     ({"model": {"name": "m", "kind": "Model"}}, "backends.ome.model: kind 'Model' is not one of ClusterBaseModel"),
     ({"env": ["A=1"]}, "backends.ome.env: must be a mapping NAME: value"),
     ({"node_selector": "gpu"}, "backends.ome.node_selector: must be a mapping"),
+    ({"tolerations": {"key": "x"}}, "backends.ome.tolerations: must be a list of Kubernetes tolerations"),
+    ({"deployment_mode": "MultiNode"}, "backends.ome.deployment_mode: 'MultiNode' is not a deployment mode we can "
+                                       "tune with; allowed: RawDeployment, Serverless"),
 ])
 def test_bad_suite_settings_name_the_field(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(SuiteError, match=re.escape(message)):
         isvc(spec(**settings))
+
+
+def test_suite_tolerations_are_sent_with_the_runtime_ones_not_instead() -> None:
+    own = {"key": "team", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    body = isvc(spec(tolerations=[own]))
+    assert body["spec"]["engine"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, own]
+
+
+# --- export: the winner as a manifest to apply -----------------------------------------------------------------
+
+def exported(**settings: Any) -> dict[str, Any]:
+    from pytest_sglang_tune.backends.ome_manifest import export_inference_service
+
+    s = spec(**settings)
+    return export_inference_service(suite=s.suite, config_id=s.config_id, settings=s.settings,
+                                    served_model_name=s.served_model_name, argv=s.argv, gpus=s.gpus,
+                                    runtime=test_runtime())
+
+
+def test_the_exported_manifest_deploys_the_same_spec_without_what_belongs_to_one_run(crds: dict[str, Any]) -> None:
+    body = exported(env={"NCCL_DEBUG": "INFO"})
+    deployed = isvc(spec(env={"NCCL_DEBUG": "INFO"}))
+    assert body["spec"] == deployed["spec"]
+    assert "sglang-tune.io/run" not in body["metadata"]["labels"]
+    assert "app.kubernetes.io/managed-by" not in body["metadata"]["labels"]
+    assert "sglang-tune.io/owner" not in body["metadata"]["annotations"]
+    assert body["metadata"]["name"] == exported()["metadata"]["name"]   # stable across runs: re-apply updates it
+    assert DNS1123.match(body["metadata"]["name"])
+    assert schema_errors(body, crds["inferenceservices.ome.io"]) == []
+
+
+def test_the_exported_manifest_is_admitted_strictly_by_the_fake_api_server(crds: dict[str, Any]) -> None:
+    from fakeschema import admit
+
+    body = {**exported(), "metadata": {**exported()["metadata"], "namespace": "tune"}}
+    assert admit(body, crds["inferenceservices.ome.io"], "Strict")[:2] == (0, "")
+
+
+def test_secrets_in_the_exported_manifest_come_from_a_secret() -> None:
+    from pytest_sglang_tune.backends.base import DeploymentSpec
+    from pytest_sglang_tune.backends.ome_manifest import EXPORT_SECRET, export_inference_service_yaml
+
+    s = DeploymentSpec(suite="s", config_id="c", model_path="m", served_model_name="m", server_args={},
+                       argv=("--api-key", "sk-live-123", "--tp-size", "2"), gpus=2,
+                       settings={"runtime": "rt", "model": "m", "env": {"HF_TOKEN": "hf_abc", "A": "1"}})
+    text = export_inference_service_yaml(suite=s.suite, config_id=s.config_id, settings=s.settings,
+                                         served_model_name=s.served_model_name, argv=s.argv, gpus=s.gpus)
+    assert "sk-live-123" not in text and "hf_abc" not in text
+    import yaml
+
+    body = yaml.safe_load(text)
+    runner = body["spec"]["engine"]["runner"]
+    assert runner["args"][:4] == ["--api-key", "$(API_KEY)", "--tp-size", "2"]
+    ref = {"secretKeyRef": {"name": EXPORT_SECRET, "key": "HF_TOKEN"}}
+    assert {"name": "HF_TOKEN", "valueFrom": ref} in runner["env"] and {"name": "A", "value": "1"} in runner["env"]
+    assert {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": EXPORT_SECRET, "key": "API_KEY"}}} in \
+        runner["env"]
+    assert runner["name"] == "ome-container" and runner["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert text.startswith("# pytest-sglang-tune: the best config of suite 's' as an OME InferenceService")

@@ -174,3 +174,101 @@ def test_kubectl_port_forward_end_to_end(pytester: pytest.Pytester, fake_cluster
     assert fake_cluster.ours() == []
     leftover = subprocess.run(["pgrep", "-f", "kubectl.*port-forward"], capture_output=True, text=True).stdout
     assert not leftover.strip(), f"kubectl port-forward processes left running: {leftover}"
+
+
+# --- real clusters: tainted GPU nodes, placement, "could not ask", namespaced users -----------------------------
+
+def test_a_cluster_with_tainted_gpu_nodes_runs_and_ranks(pytester: pytest.Pytester, fake_cluster: FakeCluster) -> None:
+    fake_cluster.taint_gpu_nodes()   # nvidia.com/gpu=present:NoSchedule, as managed clouds do; the runtime tolerates
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    result = pytester.runpytest_subprocess("--backend=ome", "--gpus=4", "-p", "no:cacheprovider",
+                                           "--sglang-ome-url=direct")
+    result.assert_outcomes(passed=2)
+    report = report_of(pytester)
+    assert [r["status"] for r in report["results"]] == ["passed", "passed"]
+    assert report["ranking"], "nothing was ranked"
+    assert fake_cluster.ours() == []
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    ("runtime_without_toleration", "*no GPU node can run this config: 1 GPU node with untolerated taint "
+                                   "nvidia.com/gpu=present:NoSchedule*"),
+    ("model_nowhere", "*ClusterBaseModel qwen3-8b is Ready on no schedulable GPU node*"),
+])
+def test_negative_controls_name_the_cause_not_no_room(pytester: pytest.Pytester, fake_cluster: FakeCluster,
+                                                      setup: str, expected: str) -> None:
+    from fakecluster import test_runtime
+
+    if setup == "runtime_without_toleration":
+        fake_cluster.taint_gpu_nodes()
+        fake_cluster.store.delete("clusterservingruntimes", "", RUNTIME)
+        fake_cluster.put(test_runtime(tolerations=False))
+    else:
+        for n in fake_cluster.store.list("nodes"):
+            fake_cluster.store.update("nodes", "", n["metadata"]["name"], lambda o: o["metadata"]["labels"].pop(
+                f"models.ome.io/clusterbasemodel.{MODEL}", None))
+    pytester.makefile(".yaml", tune_kube=suite_text(grid="schedule-policy: [lpm]"))
+    result = pytester.runpytest_subprocess("--backend=ome", "--gpus=4", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([expected])
+    result.stdout.no_fnmatch_line("*no room*")
+    assert fake_cluster.store.list("inferenceservices") == []
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("unreachable", "ERROR: ome: cannot reach the Kubernetes API at http://127.0.0.1:*"),
+    ("forbidden", "ERROR: ome: not allowed to list inferenceservices.ome.io in namespace 'default' *"
+                  "(HTTP 403 Forbidden: *); bind the roles of deploy/ome-rbac.yaml*"),
+    ("missing_crds", "ERROR: ome: OME is not installed in the cluster at http://127.0.0.1:*: missing CRDs "
+                     "inferenceservices.ome.io, clusterservingruntimes.ome.io*"),
+    ("namespaced_without_gpus", "ERROR: ome: cannot list nodes at * (HTTP 403 Forbidden), so the GPUs free in the "
+                                "cluster cannot be counted: pass --gpus=N*"),
+])
+def test_could_not_ask_fails_the_session_with_one_message(pytester: pytest.Pytester, fake_cluster: FakeCluster,
+                                                          monkeypatch: pytest.MonkeyPatch, case: str,
+                                                          expected: str) -> None:
+    from fakeapi import write_kubeconfig
+
+    from pytest_sglang_tune.backends.local import free_port
+
+    if case == "unreachable":
+        dead = write_kubeconfig(pytester.path / "dead-kubeconfig", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("KUBECONFIG", str(dead))
+    fake_cluster.api.ome_installed = case != "missing_crds"
+    if case == "forbidden":
+        fake_cluster.api.deny("list", "inferenceservices")
+    if case == "namespaced_without_gpus":
+        fake_cluster.api.deny("list", "nodes")
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess("--backend=ome", "-p", "no:cacheprovider")
+    assert time.monotonic() - start < 30
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])
+    assert len([line for line in result.stderr.lines if line.startswith("ERROR:")]) == 1
+    result.stdout.no_fnmatch_line("*skipped*")
+    assert fake_cluster.store.list("inferenceservices") == []
+
+
+def test_a_namespaced_user_runs_with_gpus_and_is_told_capacity_was_not_checked(pytester: pytest.Pytester,
+                                                                              fake_cluster: FakeCluster) -> None:
+    fake_cluster.api.deny("list", "nodes")
+    fake_cluster.api.deny("list", "pods", scope="cluster")
+    pytester.makefile(".yaml", tune_kube=suite_text(grid="schedule-policy: [lpm]"))
+    result = pytester.runpytest_subprocess("--backend=ome", "--gpus=4", "-p", "no:cacheprovider",
+                                           "--sglang-ome-url=direct")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["ome: capacity not checked: this user may not list nodes/pods cluster-wide*"])
+    run = report_of(pytester)["run"]
+    assert run["gpus"] == 4 and "capacity not checked" in run["gpus_source"]
+    assert run["machine"]["gpus"] == "unknown"
+
+
+def test_could_not_ask_under_xdist_is_one_message_from_the_controller(pytester: pytest.Pytester,
+                                                                      fake_cluster: FakeCluster) -> None:
+    fake_cluster.api.ome_installed = False
+    pytester.makefile(".yaml", tune_kube=suite_text())
+    result = pytester.runpytest_subprocess("--backend=ome", "-n", "2", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ome: OME is not installed in the cluster at *"])
+    assert not any("INTERNALERROR" in line for line in result.stdout.lines + result.stderr.lines)

@@ -44,11 +44,12 @@ def allowed(rules: list[dict], group: str, resource: str, verb: str) -> bool:  #
     return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
 
 
-def test_rbac_covers_what_the_backend_does(fake_cluster: FakeCluster) -> None:
+@pytest.mark.parametrize("mode", ["tunnel", "direct"])
+def test_rbac_covers_what_the_backend_does(fake_cluster: FakeCluster, mode: str) -> None:
     docs = list(yaml.safe_load_all(RBAC.read_text()))
     cluster_rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
     ns_rules = next(d for d in docs if d["kind"] == "Role")["rules"]
-    b = backend(fake_cluster, url_mode="tunnel")
+    b = backend(fake_cluster, url_mode=mode)
     assert b.capacity().gpus == 4
     d = b.start(spec())
     b.stop(d)
@@ -61,4 +62,13 @@ def test_rbac_covers_what_the_backend_does(fake_cluster: FakeCluster) -> None:
         if not allowed(rules, group, resource, verb):
             missing.append((group, resource, verb, cluster_wide))
     assert missing == []
-    assert ("", "pods/portforward", "get", False) in seen and ("ome.io", "inferenceservices", "create", False) in seen
+    assert ("ome.io", "inferenceservices", "create", False) in seen and ("", "events", "watch", False) in seen
+    assert (("", "pods/portforward", "get", False) in seen) is (mode == "tunnel")
+    assert (("", "services", "get", False) in seen) is (mode == "direct")
+
+
+def test_the_optional_rules_are_documented() -> None:
+    text = RBAC.read_text()
+    for needed in ('resources: ["namespaces"]', 'verbs: ["get", "create", "delete"]',
+                   "backends.ome.create_namespace", "the pre-flight is degraded"):
+        assert needed in text, needed
