@@ -227,9 +227,9 @@ class Engine:
                 if lag.get("warning"):
                     text = str(lag["warning"])
                     warnings.append(text if "behind" in text else f"the simulated server fell behind: {text}")
-            if sim.get("not_modelled"):
-                warnings.append("flags not modelled by the sim (accepted, no effect): " +
-                                ", ".join(map(str, sim["not_modelled"])))
+            flags = sim.get("not_modelled_flags", sim.get("not_modelled"))  # issue 11: flags only, not the rest
+            if flags:
+                warnings.append("flags not modelled by the sim (accepted, no effect): " + ", ".join(map(str, flags)))
         e2e = [round(x, 6) for x in (s.e2e_s for s in point.samples if s.ok and not s.warmup) if x is not None]
         return {"metrics": metrics, "warnings": warnings, "server_metrics": point.server_metrics,
                 "sim_lag": sim_lag, "e2e_s": e2e}

@@ -2,10 +2,12 @@
 
 Nothing here reads a clock or does I/O. A driver tells the engine what time it is:
 
-* :meth:`Engine.submit` enters a request at its arrival time (an idle replica starts a step at once);
-* :meth:`Engine.next_event_time` says when the next step in flight completes;
-* :meth:`Engine.advance` completes every step that ends at or before ``now``, applies its effects (tokens,
-  finished requests, KV frees) and starts the next step back to back, in simulated time.
+* :meth:`Engine.submit` enters a request at its arrival time; it reaches its scheduler replica after the
+  front-end cost (:mod:`.frontend`: a fixed latency plus serial tokenization), at its ``ready`` time;
+* :meth:`Engine.next_event_time` says when the next event happens (a step ends, a request becomes ready);
+* :meth:`Engine.advance` handles every event at or before ``now`` in time order: completes steps, applies
+  their effects (tokens, finished requests, KV frees), hands ready requests to their replica, and starts
+  the next step back to back, in simulated time.
 
 The wall-clock HTTP driver (:mod:`.driver`) calls these from an event loop; :mod:`.virtual` drives the same
 engine on a :class:`VirtualClock` to replay a trace in a fraction of a second. For a given arrival trace the
@@ -15,9 +17,11 @@ by request and replica order, and eviction by node creation order.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pytest_sglang_tune.sim.frontend import FrontEnd
 from pytest_sglang_tune.sim.perf import StepShape, StepTimer
 
 __all__ = [
@@ -85,6 +89,7 @@ class SimRequest:
         "out_len",
         "output_ids",
         "private",
+        "ready",
         "replica",
         "retractions",
         "rid",
@@ -109,7 +114,8 @@ class SimRequest:
         self.finish_reason = finish_reason
         self.handle = handle
         self.rid = -1
-        self.arrival = 0.0
+        self.arrival = 0.0  # when the client sent it (TTFT and E2E count from here)
+        self.ready = 0.0  # when its scheduler replica sees it (after the front-end cost)
         self.replica = 0
         self.state = RequestState.WAITING
         self.fill: list[int] = (
@@ -153,7 +159,8 @@ class EngineConfig:
     page_size: int = 1
     schedule_policy: str = "fcfs"
     disable_radix_cache: bool = False
-    mixed_steps: bool = True  # running requests decode inside prefill steps (see scheduler docstring)
+    mixed_steps: bool = False  # --enable-mixed-chunk: running requests decode inside prefill steps
+    overlap_schedule: bool = True  # the next batch is formed while this one runs (SGLang's default)
     schedule_conservativeness: float = 1.0
     dp_size: int = 1
     seed: int = 0
@@ -210,20 +217,36 @@ class EngineStats:
 
 
 class Engine:
-    """``dp_size`` scheduler replicas behind a round-robin dispatcher (SGLang's default DP load balancing)."""
+    """``dp_size`` scheduler replicas behind a round-robin dispatcher (SGLang's default DP load balancing).
 
-    def __init__(self, config: EngineConfig, timer: StepTimer, *, record_steps: bool = False) -> None:
+    ``frontend`` is the per-request cost before a replica sees a request (:mod:`.frontend`); requests wait
+    for it in the engine, not in a replica's queue, as they wait in SGLang's tokenizer manager.
+    """
+
+    def __init__(
+        self, config: EngineConfig, timer: StepTimer, *, record_steps: bool = False, frontend: FrontEnd | None = None
+    ) -> None:
         from pytest_sglang_tune.sim.scheduler import Scheduler
 
         self.config = config
         self.timer = timer
+        self.frontend = frontend or FrontEnd()
         self.replicas = [Scheduler(config, timer, i) for i in range(max(1, config.dp_size))]
         self.steps: list[StepRecord] | None = [] if record_steps else None
         self._next_rid = 0
         self._rr = 0
+        self._pending: list[tuple[float, int, SimRequest]] = []  # (ready time, rid, request): in the front end
+        self._tokenizer_free = 0.0
 
-    def submit(self, req: SimRequest, now: float) -> None:
-        """Enter ``req`` arriving at ``now`` (times must not decrease between calls)."""
+    def submit(
+        self, req: SimRequest, now: float, *, received: float | None = None, tokenized: int | None = None
+    ) -> None:
+        """Enter ``req`` at ``now`` (times must not decrease between calls).
+
+        ``received``: when the client's request arrived, if earlier than ``now`` (the HTTP server has spent real
+        time on it already); ``tokenized``: input tokens the front end tokenizes (default all of them; 0 for
+        requests sent as token ids).
+        """
         if req.rid >= 0:
             raise ValueError(f"{req!r} was already submitted")
         need = len(req.input_ids) + req.target_len
@@ -234,27 +257,48 @@ class Engine:
             )
         req.rid = self._next_rid
         self._next_rid += 1
-        req.arrival = now
+        start = now if received is None else min(received, now)
+        req.arrival = start
+        fe = self.frontend
+        n_tok = len(req.input_ids) if tokenized is None else tokenized
+        done = max(start, self._tokenizer_free) + n_tok * fe.tokenize_us_per_token / 1e6
+        self._tokenizer_free = done
+        req.ready = max(now, done + fe.fixed_ms / 1e3)
         req.replica = self._rr
         self._rr = (self._rr + 1) % len(self.replicas)
+        if req.ready <= now:
+            self._enter(req)
+        else:
+            heapq.heappush(self._pending, (req.ready, req.rid, req))
+
+    def _enter(self, req: SimRequest) -> None:
         replica = self.replicas[req.replica]
         replica.add(req)
-        replica.maybe_start(now, now)
+        replica.maybe_start(req.ready, req.ready)
 
     def abort(self, req: SimRequest, now: float) -> None:
         """Drop ``req`` wherever it is and free its KV (a client went away)."""
         if req.rid < 0 or req.finished:
+            return
+        if req.state == RequestState.WAITING and req.ready > now:
+            self._pending = [p for p in self._pending if p[2] is not req]
+            heapq.heapify(self._pending)
+            req.state = RequestState.ABORTED
+            req.finish_time = now
             return
         replica = self.replicas[req.replica]
         replica.abort(req, now)
 
     def next_event_time(self) -> float | None:
         ends = [r.current.end for r in self.replicas if r.current is not None]
+        if self._pending:
+            ends.append(self._pending[0][0])
         return min(ends) if ends else None
 
     def advance(self, now: float, max_steps: int | None = None) -> list[StepRecord]:
-        """Complete the steps that end at or before ``now`` (in time order); start their successors."""
+        """Handle the events at or before ``now`` in time order; return the completed steps."""
         done: list[StepRecord] = []
+        pending = self._pending
         while max_steps is None or len(done) < max_steps:
             best = None
             best_end = now
@@ -262,6 +306,9 @@ class Engine:
                 step = r.current
                 if step is not None and step.end <= best_end and (best is None or step.end < best_end):
                     best, best_end = r, step.end
+            if pending and pending[0][0] <= best_end and (best is None or pending[0][0] < best_end):
+                self._enter(heapq.heappop(pending)[2])  # a request reaches its replica before the step ends
+                continue
             if best is None:
                 break
             record = best.complete()
@@ -273,7 +320,7 @@ class Engine:
 
     def flush_cache(self) -> bool:
         """Empty the prefix caches; refused (False) while any request is queued or running, as in SGLang."""
-        if any(r.busy for r in self.replicas):
+        if self._pending or any(r.busy for r in self.replicas):
             return False
         for r in self.replicas:
             r.flush()
@@ -281,7 +328,7 @@ class Engine:
 
     @property
     def idle(self) -> bool:
-        return not any(r.busy for r in self.replicas)
+        return not self._pending and not any(r.busy for r in self.replicas)
 
     def replica_stats(self) -> list[EngineStats]:
         """One :class:`EngineStats` per DP replica (SGLang reports scheduler metrics per DP rank)."""

@@ -1,7 +1,9 @@
-"""Load the perf model and the tokenizer in a background thread, started before the HTTP stack is imported.
+"""Build the engine of a resolved server: perf model, step timer, front end; and load it in the background.
 
-Building ``aiconfigurator-core``'s model takes about a second (mostly Rust, partly outside the GIL), so the
-server starts it first and imports aiohttp meanwhile.
+:func:`load_perf` and :func:`build_engine` are the one way to turn a :class:`~.config.ResolvedServer` into an
+:class:`~.core.Engine`: the HTTP server and the virtual clock (:mod:`.virtual`) both use them, so they run the
+same physics. Building ``aiconfigurator-core``'s model takes about a second (mostly Rust, partly outside the
+GIL), so the server starts it in a thread first and imports aiohttp meanwhile.
 """
 
 from __future__ import annotations
@@ -10,17 +12,43 @@ import threading
 from concurrent.futures import Future
 
 from pytest_sglang_tune.sim.config import ResolvedServer
-from pytest_sglang_tune.sim.perf import PerfModel, make_perf_model
+from pytest_sglang_tune.sim.core import Engine
+from pytest_sglang_tune.sim.frontend import FrontEnd
+from pytest_sglang_tune.sim.perf import PerfModel, StepTimer, make_perf_model
 from pytest_sglang_tune.sim.tokenizer import SimTokenizer
 
-__all__ = ["Loaded", "start_loading"]
+__all__ = ["Loaded", "build_engine", "load_perf", "start_loading"]
 
 Loaded = tuple[PerfModel, "str | None", SimTokenizer]
 
 
-def _load(cfg: ResolvedServer) -> Loaded:
+def load_perf(cfg: ResolvedServer) -> tuple[PerfModel, str | None]:
+    """The perf model the settings ask for, and why the roofline runs instead (None when it does not)."""
     tp, pp = int(cfg.args["tp_size"]), int(cfg.args.get("pp_size") or 1)
-    perf, note = make_perf_model(cfg.settings.perf_model, cfg.model, cfg.gpu, tp=tp, pp=pp)
+    ep = int(cfg.args.get("ep_size") or 1)
+    return make_perf_model(
+        cfg.settings.perf_model, cfg.model, cfg.gpu, tp=tp, pp=pp, ep=ep, sglang_version=cfg.sglang_version
+    )
+
+
+def build_engine(
+    cfg: ResolvedServer, perf: PerfModel, *, record_steps: bool = False, frontend: FrontEnd | None = None
+) -> Engine:
+    """The engine of ``cfg`` priced by ``perf``, with SGLang's front-end cost unless ``frontend`` says else."""
+    timer = StepTimer(
+        perf,
+        num_layers=cfg.model.num_layers,
+        graph_batch_sizes=cfg.graph_batch_sizes,
+        overlap_schedule=cfg.overlap_schedule,
+        tp=int(cfg.args["tp_size"]),
+        vocab_size=cfg.model.vocab_size,
+        link_bytes_per_s=cfg.gpu.link_bytes_per_s,
+    )
+    return Engine(cfg.engine, timer, record_steps=record_steps, frontend=frontend)
+
+
+def _load(cfg: ResolvedServer) -> Loaded:
+    perf, note = load_perf(cfg)
     tokenizer = SimTokenizer.load(
         cfg.args.get("tokenizer_path") if "tokenizer_path" in cfg.given else None,
         str(cfg.args["model_path"]),

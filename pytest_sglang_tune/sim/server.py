@@ -19,12 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from pytest_sglang_tune.sim.config import ResolvedServer
+from pytest_sglang_tune.sim.config import ALWAYS_NOT_MODELLED, PHYSICS_VERSION, ResolvedServer
 from pytest_sglang_tune.sim.core import Engine, SimRequest, StepRecord
 from pytest_sglang_tune.sim.driver import WallClockDriver
-from pytest_sglang_tune.sim.loader import Loaded, start_loading
+from pytest_sglang_tune.sim.loader import Loaded, build_engine, start_loading
 from pytest_sglang_tune.sim.metrics import SimMetrics
-from pytest_sglang_tune.sim.perf import PerfModel, StepShape, StepTimer
+from pytest_sglang_tune.sim.perf import PerfModel, StepShape, perf_model_info
 from pytest_sglang_tune.sim.tokenizer import OutputPlan, SimTokenizer
 
 __all__ = ["Handle", "SimServer", "build_app"]
@@ -40,13 +40,14 @@ OPEN_PATHS = ("/health", "/ready", "/metrics")
 class Handle:
     """The server side of one request: wakes its HTTP handler when there is something to send."""
 
-    __slots__ = ("arrival", "first", "interval", "last", "probe", "req", "sent", "stream", "waiter")
+    __slots__ = ("arrival", "first", "interval", "last", "probe", "req", "rid", "sent", "stream", "waiter")
 
     def __init__(self, req: SimRequest, *, stream: bool, interval: int, probe: bool = False) -> None:
         self.req = req
         self.stream = stream
         self.interval = interval
         self.probe = probe
+        self.rid: str | None = None
         self.sent = 0
         self.arrival = 0.0
         self.first = -1.0
@@ -97,6 +98,7 @@ class SimServer:
         self._loaded: Future[Loaded] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._last_emit = -1.0
+        self._by_rid: dict[str, Handle] = {}  # requests in flight by their request id (for /abort_request)
 
     # -- startup ----------------------------------------------------------------------------------------------
     def attach(self, loaded: Future[Loaded]) -> None:
@@ -116,13 +118,7 @@ class SimServer:
             raise
         assert self.perf is not None
         cfg = self.cfg
-        timer = StepTimer(
-            self.perf,
-            num_layers=cfg.model.num_layers,
-            graph_batch_sizes=cfg.graph_batch_sizes,
-            overlap_schedule=cfg.overlap_schedule,
-        )
-        self.engine = Engine(cfg.engine, timer)
+        self.engine = build_engine(cfg, self.perf)
         self.driver = WallClockDriver(self.engine, self._on_step, force_lag_ms=cfg.settings.force_lag_ms)
         self.driver.start(loop)
         self.ready = True
@@ -154,18 +150,53 @@ class SimServer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, tok.encode, text)
 
     def submit(
-        self, input_ids: list[int], plan: OutputPlan, *, stream: bool, max_new_tokens: int, probe: bool = False
+        self,
+        input_ids: list[int],
+        plan: OutputPlan,
+        *,
+        stream: bool,
+        max_new_tokens: int,
+        probe: bool = False,
+        received: float | None = None,
+        tokenized: bool = True,
+        rid: str | None = None,
     ) -> Handle:
+        """Enter a request; ``received`` is when its HTTP request arrived (driver time), ``tokenized`` whether
+        the front end tokenized text for it (False for token-id inputs)."""
         assert self.driver is not None
         req = SimRequest(input_ids, plan.output_ids, max_new_tokens=max_new_tokens, finish_reason=plan.finish_reason)
         handle = Handle(req, stream=stream, interval=self.cfg.stream_interval, probe=probe)
         req.handle = handle
-        handle.arrival = self.driver.now()
-        self.driver.submit(req)
+        now = self.driver.now()
+        handle.arrival = now if received is None else min(received, now)
+        if rid:
+            handle.rid = rid
+            self._by_rid[rid] = handle
+        self.driver.submit(req, received=handle.arrival, tokenized=None if tokenized else 0)
         return handle
+
+    def abort_rid(self, rid: str) -> bool:
+        """Abort the request with this id (``/abort_request``); False when none is in flight."""
+        handle = self._by_rid.get(rid)
+        if handle is None:
+            return False
+        self.abort(handle)
+        handle.wake()
+        return True
+
+    def abort_all(self) -> int:
+        """Abort every request in flight; how many."""
+        rids = list(self._by_rid)
+        return sum(self.abort_rid(rid) for rid in rids)
+
+    def now(self) -> float:
+        """Driver time (seconds since the engine started), for stamping when a request was received."""
+        return self.driver.now() if self.driver is not None else 0.0
 
     def abort(self, handle: Handle) -> None:
         req = handle.req
+        if handle.rid:
+            self._by_rid.pop(handle.rid, None)
         if self.driver is None or req.finished:
             return
         self.driver.abort(req)
@@ -198,6 +229,8 @@ class SimServer:
             h = r.handle
             if h is None:
                 continue
+            if h.rid:
+                self._by_rid.pop(h.rid, None)
             h.wake()
             if not h.probe:
                 self.metrics.request_done(
@@ -245,10 +278,21 @@ class SimServer:
 
     def sim_info(self) -> dict[str, Any]:
         cfg = self.cfg
+        engine = self.engine
         return {
-            "perf_model": self.perf.name if self.perf else None,
+            "physics_version": PHYSICS_VERSION,
+            "perf_model": perf_model_info(self.perf, cfg.gpu.name, self.perf_note),
+            "perf_model_name": f"{self.perf.name} {self.perf.data_version}" if self.perf else None,
             "perf_model_detail": getattr(self.perf, "detail", None),
             "perf_model_note": self.perf_note,
+            "sglang_version": cfg.sglang_version,
+            "front_end": engine.frontend.as_dict() if engine is not None else None,
+            "weights": {
+                "quantization": cfg.model.quant,
+                "source": cfg.model.quant_source,
+                "bits": cfg.model.weight_bits,
+                "gb_per_gpu": round(cfg.model.weight_bytes() / self._model_shards() / 1e9, 2),
+            },
             "gpu": cfg.gpu.name,
             "num_gpus": cfg.settings.num_gpus,
             "gpus_used": cfg.gpus_used,
@@ -257,10 +301,12 @@ class SimServer:
             "tokenizer": self.tokenizer.path if self.tokenizer else None,
             "seed": cfg.seed,
             "flag_table": cfg.sglang_version,
-            "prefill_mode": "mixed" if cfg.engine.mixed_steps else "strict",
+            "prefill_mode": cfg.prefill_mode,
+            "prefill_mode_source": "SGLANG_SIM_PREFILL" if cfg.settings.prefill else "--enable-mixed-chunk",
             "cuda_graph_batch_sizes": list(cfg.graph_batch_sizes),
             "step_time_ms": self.step_time_samples(),
-            "not_modelled": list(cfg.not_modelled),
+            "not_modelled": [*cfg.not_modelled, *ALWAYS_NOT_MODELLED],
+            "not_modelled_flags": list(cfg.not_modelled),
             "lag": self.lag_info(),
             "ready_after_s": round(self.ready_after_s, 3) if self.ready_after_s is not None else None,
             "ready_cpu_s": round(self.ready_cpu_s, 3) if self.ready_cpu_s is not None else None,
@@ -273,7 +319,7 @@ class SimServer:
         internal = {
             "last_gen_throughput": round(self.metrics.gen_throughput, 3),
             "memory_usage": {
-                "weight": round(cfg.model.total_params * cfg.model.dtype_bytes / int(cfg.args["tp_size"]) / 1e9, 2),
+                "weight": round(cfg.model.weight_bytes() / self._model_shards() / 1e9, 2),
                 "kvcache": round(kv_gb, 2),
                 "token_capacity": cfg.max_total_num_tokens,
             },
@@ -294,6 +340,9 @@ class SimServer:
             "version": cfg.sglang_version,
             "sim": self.sim_info(),
         }
+
+    def _model_shards(self) -> int:
+        return int(self.cfg.args["tp_size"]) * int(self.cfg.args.get("pp_size") or 1)
 
     def model_info(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -423,6 +472,9 @@ def build_app(srv: SimServer) -> web.Application:
     generate = api.generate(srv)
     app.router.add_route("POST", "/generate", generate)
     app.router.add_route("PUT", "/generate", generate)
+    from pytest_sglang_tune.sim.control import add_control_routes
+
+    add_control_routes(app, srv)
     return app
 
 
