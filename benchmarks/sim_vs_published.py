@@ -63,7 +63,7 @@ TOKEN_IDS = (1000, 7999)
 TARGETS = {"throughput": (0.15, 0.80), "tpot": (0.15, 0.80), "ttft": (0.25, 0.70)}
 MIN_PAIRS = 5
 # Points a physics constant was fitted on: shown, never scored (see the constant's comment in the sim).
-CALIBRATED_ON: dict[str, str] = {}
+CALIBRATED_ON: dict[str, str] = {"gpustack-qwen3-14b-offline": "perf.EAGER_MS_PER_LAYER"}
 SIGMA_IN, SIGMA_OUT = 1.1, 0.9  # log-normal shape of the ShareGPT stand-in (input, output)
 # SGLang before sgl-project/sglang#2067 ("Enable overlap by default", 2024-11-18) ran without the overlap scheduler
 # unless launched with --enable-overlap(-schedule), as sglang#1738 was; the sim's default is today's, so points
@@ -294,12 +294,12 @@ def silicon_rows() -> list[dict[str, str]]:
 
 
 def run_silicon(limit: int | None) -> dict[str, Any]:
+    """Replay aiconfigurator-core's SGLang silicon rows (closed loop at their concurrency, fixed lengths)."""
     rows = silicon_rows()[:limit] if limit else silicon_rows()
-    ttft, tpot = [], []
+    by_model: dict[str, tuple[list[float], list[float]]] = {}
     for r in rows:
-        quant = r["gemm_quant_mode"]
         argv = ["--model-path", SILICON_MODELS[r["model_path"]], "--tp-size", r["tp_size"]]
-        if quant:
+        if r["gemm_quant_mode"]:
             argv += ["--quantization", "fp8"]
         vs = virtual_engine(argv, {"SGLANG_SIM_GPU": r["system"]})
         c, isl, osl = int(r["batch_size"]), int(r["isl"]), int(r["osl"])
@@ -307,6 +307,8 @@ def run_silicon(limit: int | None) -> dict[str, Any]:
         reqs = [(_ids(rng, isl), [TOKEN_IDS[0]] * osl) for _ in range(3 * c)]
         res = run_closed_loop(vs.engine, lambda i, reqs=reqs: reqs[i], concurrency=c, num_requests=len(reqs))
         m = _metrics(res)
+        key = f"{r['model_path']} on {r['system']} (SGLang {r['backend_version']})"
+        ttft, tpot = by_model.setdefault(key, ([], []))
         ttft.append(m["median_ttft_ms"] / float(r["silicon_ttft_ms"]))
         tpot.append(m["median_tpot_ms"] / float(r["silicon_tpot_ms"]))
 
@@ -314,10 +316,13 @@ def run_silicon(limit: int | None) -> dict[str, Any]:
         return f"{sum(abs(v - 1) <= tol for v in vals)}/{len(vals)}"
 
     return {
-        "rows": len(rows),
-        "ttft_within_15": share(ttft, 0.15), "ttft_within_25": share(ttft, 0.25), "tpot_within_15": share(tpot, 0.15),
-        "ttft_ratio_median": statistics.median(ttft) if ttft else None,
-        "tpot_ratio_median": statistics.median(tpot) if tpot else None,
+        key: {
+            "rows": len(ttft),
+            "ttft_within_15": share(ttft, 0.15), "ttft_within_25": share(ttft, 0.25),
+            "tpot_within_15": share(tpot, 0.15),
+            "ttft_ratio_median": statistics.median(ttft), "tpot_ratio_median": statistics.median(tpot),
+        }
+        for key, (ttft, tpot) in by_model.items()
     }
 
 
@@ -359,11 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {'ok  ' if ok else 'MISS'} {p['id']:<22} {p['metric']:<18} {detail}   ({p['what']})")
     silicon = run_silicon(args.silicon_limit) if args.silicon else None
     if silicon:
-        print(f"\naiconfigurator-core's own SGLang samples (the perf model's data; not scored): {silicon['rows']} rows,"
-              " "
-              f"TTFT within 15 %: {silicon['ttft_within_15']}, within 25 %: {silicon['ttft_within_25']}; "
-              f"TPOT within 15 %: {silicon['tpot_within_15']}; median ratio TTFT {silicon['ttft_ratio_median']:.2f}, "
-              f"TPOT {silicon['tpot_ratio_median']:.2f}")
+        print("\naiconfigurator-core's own SGLang samples (the perf model's data; reported, never scored):")
+        for key, v in silicon.items():
+            print(f"  {key}: {v['rows']} rows; TTFT within 15 %: {v['ttft_within_15']}, within 25 %: "
+                  f"{v['ttft_within_25']}; TPOT within 15 %: {v['tpot_within_15']}; median sim/silicon TTFT "
+                  f"{v['ttft_ratio_median']:.2f}, TPOT {v['tpot_ratio_median']:.2f}")
     result = targets(rows, pairs)
     print()
     for name, ok, detail in result:

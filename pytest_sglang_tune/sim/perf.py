@@ -48,7 +48,10 @@ ROOFLINE_FIXED_MS = 0.45  # per forward: embedding, sampling, norms, kernel tail
 ROOFLINE_ALLREDUCE_LATENCY_MS = 0.008  # per all-reduce (2 per layer) when tp > 1
 
 # -- CUDA graph and CPU overhead (documented estimates of SGLang 0.5.x behaviour) ------------------------------
-EAGER_MS_PER_LAYER = 0.05  # kernel-launch cost per layer of a decode step run without a CUDA graph
+# Kernel-launch (Python dispatch) cost per layer of a decode step run without a CUDA graph (batches above
+# --cuda-graph-max-bs). CALIBRATED on one published point, gpustack-qwen3-14b-offline in
+# benchmarks/published_points.json (median ITL 51.4 ms; 0.30 gives 51.8), which is therefore not scored.
+EAGER_MS_PER_LAYER = 0.30
 EAGER_SLOWDOWN = 1.10  # and the GPU work itself is ~10 % slower without graph-captured fusion
 CPU_EXPOSED_MS = 0.10  # per step even with the overlap scheduler (launch + result sync it cannot hide)
 CPU_MS = 0.60  # the scheduler's whole CPU time per step (Python: schedule, prepare, process results) ...
