@@ -99,7 +99,7 @@ def test_a_small_model_gains_less_from_tp2_than_its_gpu_step_when_the_scheduler_
         vs = virtual_engine(["--model-path", MODEL, "--tp-size", str(tp), "--disable-overlap-schedule"],
                             frontend=FrontEnd.none())
         trace = [TraceRequest(0.0, [7 + i % 50] * 200, [5] * 200) for i in range(1500)]
-        gpu = vs.engine.timer.forward_ms(StepShape(decode_reqs=512, decode_context=512 * 300))
+        gpu = vs.engine.timer.forward_ms(StepShape(decode_reqs=256, decode_context=256 * 300))  # graph-captured
         return run_open_loop(vs.engine, trace).summary()["output_throughput"], gpu
 
     (thr1, gpu1), (thr2, gpu2) = run(1), run(2)
