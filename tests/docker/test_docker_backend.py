@@ -49,7 +49,7 @@ def test_pipeline_pulls_deploys_benchmarks_reports_and_removes(pytester: pytest.
         assert rec["launch_command"].startswith("docker run --init --rm --ipc=host -p=127.0.0.1::30000 ")
         assert "python3 -m sglang.launch_server --model-path Qwen/Qwen3-8B --host 0.0.0.0 --port 30000" in \
             rec["launch_command"]
-        assert rec["perf_model"] == "roofline"
+        assert rec["perf_model"]["name"] == "roofline"  # an object since issue 11 (name, data_version, gpu)
         assert rec["metrics"]["completed"] == 4 and rec["metrics"]["output_throughput"] > 0
         assert rec["endpoint_url"].startswith("http://127.0.0.1:")
     logs = list(pytester.path.glob("reports/*/logs/dk-*.log"))
