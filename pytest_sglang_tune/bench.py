@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     endpoint = Endpoint(args.url, args.model, api_key=args.api_key)
     run_id, started = new_run_id(), now_iso()
     results = []
+    sim = _sim_block(args.url, args.api_key)  # a simulated server names its perf model and what it leaves out
     for load in loads:
         try:
             wl = Workload(name="bench", input_len=inp, output_len=out, num_requests=args.num_requests,
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
                          "dataset": wl.dataset, "turns": wl.turns, "burstiness": wl.burstiness,
                          "procs": args.procs},
             "server_args": {}, "launch_command": None, "sglang_version": None, "image": None, "image_digest": None,
-            "perf_model": None, "load": load.to_dict(), "status": "passed", "reason": None, "metrics": metrics,
+            "perf_model": _perf_model(sim), "load": load.to_dict(), "status": "passed", "reason": None,
+            "metrics": metrics, **({"sim": sim} if sim else {}),
             "slo_pass": all(s.check(metrics) for s in slos) if slos else None, "gpus_used": [],
             "slos": [str(s) for s in slos], "warnings": point.warnings, "endpoint_url": args.url,
             "server_metrics": point.server_metrics, "duration_s": round(time.monotonic() - t0, 3),
@@ -122,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  completed {m['completed']} failed {m['failed']}  ttft p50 {_f(m['ttft_ms']['p50'])} ms "
               f"p99 {_f(m['ttft_ms']['p99'])} ms  itl p50 {_f(m['itl_ms']['p50'])} ms  "
               f"output {_f(m['output_throughput'])} tok/s  client cpu {_pct(m['client_cpu_util'])}", flush=True)
+        if sim and sim.get("not_modelled_flags"):
+            point.warnings.append("flags not modelled by the sim (accepted, no effect): "
+                                  + ", ".join(map(str, sim["not_modelled_flags"])))
         for w in point.warnings:
             print(f"  warning: {w}", flush=True)
     run = {"id": run_id, "started_at": started, "finished_at": now_iso(), "backend": "external",
@@ -131,6 +136,27 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(args.output, dumps(report))
     print(f"wrote {args.output}")
     return 0
+
+
+def _sim_block(url: str, api_key: str | None) -> dict[str, Any] | None:
+    """``/server_info``'s ``sim`` section when the server is the simulated one (None for a real SGLang)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        info = requests.get(url.rstrip("/") + "/server_info", headers=headers, timeout=10).json()
+    except (requests.RequestException, ValueError):
+        return None
+    sim = info.get("sim") if isinstance(info, dict) else None
+    return sim if isinstance(sim, dict) else None
+
+
+def _perf_model(sim: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The report's ``perf_model`` ``{name, data_version, gpu}`` from the sim's ``perf_model`` object."""
+    pm = sim.get("perf_model") if sim else None
+    if not isinstance(pm, dict):
+        return None
+    return {"name": pm.get("name"), "data_version": pm.get("data_version"), "gpu": pm.get("gpu")}
 
 
 def _pct(x: float | None) -> str:

@@ -37,7 +37,7 @@ def pytest_sglang_tune_make_backend(config: pytest.Config, name: str, gpus: int 
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from pytest_sglang_tune.backends.registry import BUILTIN_NAMES
+    from pytest_sglang_tune.backends.registry import BUILTIN_NAMES, check_options
     from pytest_sglang_tune.session import start_session
 
     config.addinivalue_line("markers", "sglang_tune(**suite): a Python suite: the server space and settings "
@@ -46,10 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     extensible = len(config.pluginmanager.hook.pytest_sglang_tune_make_backend.get_hookimpls()) > 1
     session = start_session(config, parse_options(config, BUILTIN_NAMES, extensible))
     if session.controller and not config.option.collectonly:  # --gpus beyond the GPU mask, before any worker
-        from pytest_sglang_tune.backends.gpus import check_gpus_option
-
-        check_gpus_option(session.options.backend, session.options.gpus,
-                          fake_gpus=session.options.fake_gpus is not None)
+        check_options(session.options)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -166,6 +166,13 @@ def suite_from_data(data: Any, path: Path, pos: Pos | None = None, *, require_wo
                         "backends", str(bname))
         # a plugin's backend (pytest_sglang_tune_make_backend) takes its section as it is
         backends[bname] = c.mapping(bset, "backends", bname, allowed=SETTINGS_FIELDS.get(bname))
+    sim_gpu = backends.get("sim", {}).get("gpu")
+    if sim_gpu is not None:  # the simulated GPUs (sim/gpus.py): a typo is a collection error, not a failed deploy
+        from pytest_sglang_tune.sim.gpus import GPU_ALIASES, GPUS, resolve_gpu
+
+        if not isinstance(sim_gpu, str) or resolve_gpu(sim_gpu) is None:
+            raise c.err(f"backends.sim.gpu {sim_gpu!r} is not a simulated GPU; choose one of: "
+                        f"{', '.join([*GPUS, *GPU_ALIASES])}", "backends", "sim", "gpu")
 
     server = c.mapping(top.get("server"), "server", allowed=SERVER_FIELDS)
     fixed = c.mapping(server.get("fixed"), "server", "fixed")

@@ -55,6 +55,9 @@ def test_rate_sweep_with_burstiness_and_two_processes(sim_url: str, tmp_path: Pa
         assert r["metrics"]["completed"] == 6 and r["metrics"]["failed"] == 0
         assert r["metrics"]["self_check"]["input_mismatches"] == 0
         assert r["workload"]["burstiness"] == 0.5 and r["workload"]["procs"] == 2
+        # a simulated server names its perf model (issue 11: bench wrote perf_model null before)
+        assert r["perf_model"]["name"] in ("aiconfigurator-core", "roofline") and r["perf_model"]["gpu"] == "h100_sxm"
+        assert r["sim"]["physics_version"] == 2
 
 
 def test_dataset_and_turns(sim_url: str, tmp_path: Path) -> None:  # noqa: F811

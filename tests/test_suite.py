@@ -80,6 +80,9 @@ def test_good_suite_parses(tmp_path: Path) -> None:
          "workloads: [{scenario: 'D(1,2)', concurrency: [1]}]\n",
          "paired lists must all have the same length (they vary together); got tp-size: 2, dp-size: 1"),
         ("", "the suite file is empty"),
+        ("model: m\nbackends: {sim: {gpu: tpu_v9}}\nworkloads: [{scenario: 'D(1,2)', concurrency: [1]}]\n",
+         "backends.sim.gpu: backends.sim.gpu 'tpu_v9' is not a simulated GPU; choose one of: a100_sxm, h100_sxm, "
+         "h200_sxm, b200_sxm, b300_sxm, gb200, gb300, l40s, rtx_pro_6000_server"),
     ],
 )
 def test_bad_suites(tmp_path: Path, body: str, message: str) -> None:

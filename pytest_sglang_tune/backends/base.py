@@ -144,11 +144,9 @@ class Backend:
         return sim_facts(server_info)
 
     def telemetry_sampler(self, deployment: Deployment) -> Any:
-        """A GPU telemetry sampler for ``deployment`` while a point runs (``telemetry.Sampler``), or None. The
-        default samples the GPUs this host handed on (UUIDs in ``info["gpus_used"]``)."""
-        from pytest_sglang_tune.telemetry import gpu_sampler
-
-        return gpu_sampler(deployment.info.get("gpus_used") or ())
+        """A GPU telemetry sampler for ``deployment`` while a point runs (``telemetry.Sampler``), or None (the
+        default: nothing to sample). local and docker sample the GPUs they handed on; ome reads DCGM."""
+        return None
 
     def notes(self) -> list[str]:
         """Lines for the session summary (pulls, sweeps, degraded checks)."""
@@ -205,13 +203,15 @@ def sim_facts(server_info: Mapping[str, Any]) -> ServerFacts:
     sim = server_info.get("sim")
     if not isinstance(sim, Mapping):
         return ServerFacts()
-    keep = ("perf_model", "gpu", "not_modelled", "lag", "physics_version", "prefill_mode", "front_end")
+    keep = ("perf_model", "gpu", "not_modelled", "lag", "physics_version", "prefill_mode", "prefill_mode_source",
+            "front_end", "weights")
     warnings = []
     lag = sim.get("lag")
     if isinstance(lag, Mapping) and lag.get("warning"):
         text = str(lag["warning"])
         warnings.append(text if "behind" in text else f"the simulated server fell behind: {text}")
-    if sim.get("not_modelled"):
-        warnings.append("not modelled by the sim (accepted, no effect): " + ", ".join(map(str, sim["not_modelled"])))
+    flags = sim.get("not_modelled_flags", sim.get("not_modelled"))  # the flags only, not the sim's general limits
+    if flags:
+        warnings.append("flags not modelled by the sim (accepted, no effect): " + ", ".join(map(str, flags)))
     return ServerFacts(perf_model=perf_model_of(sim.get("perf_model")),
                        facts={"sim": {k: sim[k] for k in keep if k in sim}}, warnings=tuple(warnings))

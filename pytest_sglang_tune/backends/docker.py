@@ -173,6 +173,12 @@ class DockerBackend(Backend):
         pool = self.pool()
         return pool.ids(spec.gpu_ids) if pool.devices else list(spec.gpu_ids)
 
+    def telemetry_sampler(self, deployment: Any) -> Any:
+        """The GPUs this backend handed on (their UUIDs in ``info["gpus_used"]``), sampled on this host."""
+        from pytest_sglang_tune.telemetry import gpu_sampler
+
+        return gpu_sampler(deployment.info.get("gpus_used") or ())
+
     def notes(self) -> list[str]:
         return list(self.session_notes)
 

@@ -127,6 +127,12 @@ class LocalBackend(Backend):
             self._pool = device_pool()
         return self._pool
 
+    def telemetry_sampler(self, deployment: Any) -> Any:
+        """The GPUs this backend handed on (their UUIDs in ``info["gpus_used"]``), sampled on this host."""
+        from pytest_sglang_tune.telemetry import gpu_sampler
+
+        return gpu_sampler(deployment.info.get("gpus_used") or ())
+
     def capacity(self) -> Capacity:
         return self.pool().capacity(self.gpus)
 

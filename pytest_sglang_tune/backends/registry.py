@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 from pytest_sglang_tune.backends.base import Backend, BackendContext, as_backend
+from pytest_sglang_tune.options import Options
 
 BUILTIN: dict[str, str] = {
     "sim": "pytest_sglang_tune.backends.sim",
@@ -28,6 +29,14 @@ SETTINGS_FIELDS: dict[str, tuple[str, ...]] = {
     "ome": ("runtime", "model", "namespace", "create_runtime", "create_model", "create_namespace", "node_selector",
             "tolerations", "env", "ready_timeout", "unschedulable_grace", "image_pull_grace", "deployment_mode"),
 }
+
+
+def check_options(options: Options) -> None:
+    """Checks of the command line that need the host but no backend, run once by the controller before any
+    xdist worker starts: ``--gpus`` beyond the job's GPU mask (local, docker). Raises ``pytest.UsageError``."""
+    from pytest_sglang_tune.backends.gpus import check_gpus_option
+
+    check_gpus_option(options.backend, options.gpus, fake_gpus=options.fake_gpus is not None)
 
 
 def make_builtin(name: str, context: BackendContext) -> Backend | None:

@@ -9,7 +9,8 @@ clock (:mod:`.driver`); :mod:`.virtual` drives the same core on a virtual clock.
 
 from __future__ import annotations
 
-from pytest_sglang_tune.sim.core import Clock, Engine, EngineConfig, SimRequest, StepRecord, VirtualClock
+from pytest_sglang_tune.sim.core import Clock, EngineConfig, SimRequest, StepRecord, VirtualClock
+from pytest_sglang_tune.sim.engine import Engine
 from pytest_sglang_tune.sim.perf import PerfModel, StepShape, StepTimer
 
 __all__ = [

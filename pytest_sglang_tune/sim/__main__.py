@@ -51,7 +51,8 @@ def _bind(host: str, port: int) -> socket.socket:
 async def _serve(srv: object, sock: socket.socket) -> int:
     from aiohttp import web
 
-    from pytest_sglang_tune.sim.server import SimServer, build_app
+    from pytest_sglang_tune.sim.app import build_app
+    from pytest_sglang_tune.sim.server import SimServer
 
     assert isinstance(srv, SimServer)
     app = build_app(srv)

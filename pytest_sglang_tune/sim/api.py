@@ -185,6 +185,7 @@ def chat_completions(srv: SimServer) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         if (err := _ready_or_error(srv)) is not None:
             return err
+        received = srv.now()
         tok = srv.tokenizer
         assert tok is not None
         try:
@@ -201,7 +202,7 @@ def chat_completions(srv: SimServer) -> Handler:
         model = body.get("model") if isinstance(body.get("model"), str) else srv.cfg.served_model_name
         rid, created = "chatcmpl-" + new_id(), int(time.time())
         stream = bool(body.get("stream"))
-        h = srv.submit(ids, plan, stream=stream, max_new_tokens=max_new)
+        h = srv.submit(ids, plan, stream=stream, max_new_tokens=max_new, received=received, rid=rid)
         if not stream:
             await _wait_or_abort(srv, h)
             reason, matched = _finish(h)
@@ -266,16 +267,17 @@ def chat_completions(srv: SimServer) -> Handler:
     return handler
 
 
-async def _prompt_ids(srv: SimServer, prompt: Any) -> list[int]:
+async def _prompt_ids(srv: SimServer, prompt: Any) -> tuple[list[int], bool]:
+    """(token ids, whether they came from text the front end had to tokenize)."""
     tok = srv.tokenizer
     assert tok is not None
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return await srv.encode(prompt)
+        return await srv.encode(prompt), True
     if isinstance(prompt, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
         tok.check_ids(prompt)
-        return list(prompt)
+        return list(prompt), False
     raise BadRequest(
         "prompt must be a string, a list of token ids, or a one-element list of either "
         "(batched prompts are not supported by the simulated server)"
@@ -286,13 +288,14 @@ def completions(srv: SimServer) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         if (err := _ready_or_error(srv)) is not None:
             return err
+        received = srv.now()
         tok = srv.tokenizer
         assert tok is not None
         try:
             body = await _read_json(request)
             if "prompt" not in body:
                 raise BadRequest("prompt is required")
-            ids = await _prompt_ids(srv, body["prompt"])
+            ids, from_text = await _prompt_ids(srv, body["prompt"])
             plan, max_new = _plan(srv, ids, _int(body, "max_tokens", 16, 1), body, min_key="min_tokens")
         except (BadRequest, TokenizerError) as exc:
             return _openai_error(str(exc))
@@ -300,7 +303,9 @@ def completions(srv: SimServer) -> Handler:
         rid, created = "cmpl-" + new_id(), int(time.time())
         echo = tok.decode(ids) if body.get("echo") else ""
         stream = bool(body.get("stream"))
-        h = srv.submit(ids, plan, stream=stream, max_new_tokens=max_new)
+        h = srv.submit(
+            ids, plan, stream=stream, max_new_tokens=max_new, received=received, tokenized=from_text, rid=rid
+        )
         if not stream:
             await _wait_or_abort(srv, h)
             reason, matched = _finish(h)
@@ -353,6 +358,7 @@ def _generate_error(message: str, status: int = 400) -> web.Response:
 
 def generate(srv: SimServer) -> Handler:
     incremental = srv.cfg.incremental_output
+    reasoning = not srv.cfg.sglang_version.startswith("0.5.5")  # meta_info.reasoning_tokens is newer than 0.5.5
 
     def meta(h: Handle, rid: str) -> dict[str, Any]:
         r = h.req
@@ -377,6 +383,8 @@ def generate(srv: SimServer) -> Handler:
             "weight_version": "default",
             "num_retractions": r.retractions,
         }
+        if reasoning:
+            out["reasoning_tokens"] = 0  # no reasoning parser runs in the sim
         if r.finished and srv.driver is not None:
             out["e2e_latency"] = round(srv.driver.now() - h.arrival, 6)
         return out
@@ -384,10 +392,12 @@ def generate(srv: SimServer) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         if srv.failed or not srv.ready:
             return _generate_error("The server is starting", 503)
+        received = srv.now()
         tok = srv.tokenizer
         assert tok is not None
         try:
             body = await _read_json(request)
+            from_text = body.get("input_ids") is None
             if body.get("input_ids") is not None:
                 ids = body["input_ids"]
                 if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
@@ -405,7 +415,9 @@ def generate(srv: SimServer) -> Handler:
             return _generate_error(str(exc))
         rid = str(body.get("rid") or new_id())
         stream = bool(body.get("stream"))
-        h = srv.submit(ids, plan, stream=stream, max_new_tokens=max_new)
+        h = srv.submit(
+            ids, plan, stream=stream, max_new_tokens=max_new, received=received, tokenized=from_text, rid=rid
+        )
         if not stream:
             await _wait_or_abort(srv, h)
             out_ids = h.req.output_ids[: h.req.out_len]

@@ -2,10 +2,12 @@
 
 Nothing here reads a clock or does I/O. A driver tells the engine what time it is:
 
-* :meth:`Engine.submit` enters a request at its arrival time (an idle replica starts a step at once);
-* :meth:`Engine.next_event_time` says when the next step in flight completes;
-* :meth:`Engine.advance` completes every step that ends at or before ``now``, applies its effects (tokens,
-  finished requests, KV frees) and starts the next step back to back, in simulated time.
+* :meth:`Engine.submit` enters a request at its arrival time; it reaches its scheduler replica after the
+  front-end cost (:mod:`.frontend`: a fixed latency plus serial tokenization), at its ``ready`` time;
+* :meth:`Engine.next_event_time` says when the next event happens (a step ends, a request becomes ready);
+* :meth:`Engine.advance` handles every event at or before ``now`` in time order: completes steps, applies
+  their effects (tokens, finished requests, KV frees), hands ready requests to their replica, and starts
+  the next step back to back, in simulated time.
 
 The wall-clock HTTP driver (:mod:`.driver`) calls these from an event loop; :mod:`.virtual` drives the same
 engine on a :class:`VirtualClock` to replay a trace in a fraction of a second. For a given arrival trace the
@@ -18,11 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pytest_sglang_tune.sim.perf import StepShape, StepTimer
+from pytest_sglang_tune.sim.perf import StepShape
 
 __all__ = [
     "Clock",
-    "Engine",
     "EngineConfig",
     "EngineStats",
     "RequestState",
@@ -85,6 +86,7 @@ class SimRequest:
         "out_len",
         "output_ids",
         "private",
+        "ready",
         "replica",
         "retractions",
         "rid",
@@ -109,7 +111,8 @@ class SimRequest:
         self.finish_reason = finish_reason
         self.handle = handle
         self.rid = -1
-        self.arrival = 0.0
+        self.arrival = 0.0  # when the client sent it (TTFT and E2E count from here)
+        self.ready = 0.0  # when its scheduler replica sees it (after the front-end cost)
         self.replica = 0
         self.state = RequestState.WAITING
         self.fill: list[int] = (
@@ -153,7 +156,8 @@ class EngineConfig:
     page_size: int = 1
     schedule_policy: str = "fcfs"
     disable_radix_cache: bool = False
-    mixed_steps: bool = True  # running requests decode inside prefill steps (see scheduler docstring)
+    mixed_steps: bool = False  # --enable-mixed-chunk: running requests decode inside prefill steps
+    overlap_schedule: bool = True  # the next batch is formed while this one runs (SGLang's default)
     schedule_conservativeness: float = 1.0
     dp_size: int = 1
     seed: int = 0
@@ -207,100 +211,3 @@ class EngineStats:
     @property
     def cache_hit_rate(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-
-
-class Engine:
-    """``dp_size`` scheduler replicas behind a round-robin dispatcher (SGLang's default DP load balancing)."""
-
-    def __init__(self, config: EngineConfig, timer: StepTimer, *, record_steps: bool = False) -> None:
-        from pytest_sglang_tune.sim.scheduler import Scheduler
-
-        self.config = config
-        self.timer = timer
-        self.replicas = [Scheduler(config, timer, i) for i in range(max(1, config.dp_size))]
-        self.steps: list[StepRecord] | None = [] if record_steps else None
-        self._next_rid = 0
-        self._rr = 0
-
-    def submit(self, req: SimRequest, now: float) -> None:
-        """Enter ``req`` arriving at ``now`` (times must not decrease between calls)."""
-        if req.rid >= 0:
-            raise ValueError(f"{req!r} was already submitted")
-        need = len(req.input_ids) + req.target_len
-        if need > self.config.max_total_tokens:
-            raise ValueError(
-                f"a request of {len(req.input_ids)} input and {req.target_len} output tokens can never fit the "
-                f"KV cache of {self.config.max_total_tokens} tokens"
-            )
-        req.rid = self._next_rid
-        self._next_rid += 1
-        req.arrival = now
-        req.replica = self._rr
-        self._rr = (self._rr + 1) % len(self.replicas)
-        replica = self.replicas[req.replica]
-        replica.add(req)
-        replica.maybe_start(now, now)
-
-    def abort(self, req: SimRequest, now: float) -> None:
-        """Drop ``req`` wherever it is and free its KV (a client went away)."""
-        if req.rid < 0 or req.finished:
-            return
-        replica = self.replicas[req.replica]
-        replica.abort(req, now)
-
-    def next_event_time(self) -> float | None:
-        ends = [r.current.end for r in self.replicas if r.current is not None]
-        return min(ends) if ends else None
-
-    def advance(self, now: float, max_steps: int | None = None) -> list[StepRecord]:
-        """Complete the steps that end at or before ``now`` (in time order); start their successors."""
-        done: list[StepRecord] = []
-        while max_steps is None or len(done) < max_steps:
-            best = None
-            best_end = now
-            for r in self.replicas:
-                step = r.current
-                if step is not None and step.end <= best_end and (best is None or step.end < best_end):
-                    best, best_end = r, step.end
-            if best is None:
-                break
-            record = best.complete()
-            best.maybe_start(record.end, now)
-            done.append(record)
-        if self.steps is not None:
-            self.steps.extend(done)
-        return done
-
-    def flush_cache(self) -> bool:
-        """Empty the prefix caches; refused (False) while any request is queued or running, as in SGLang."""
-        if any(r.busy for r in self.replicas):
-            return False
-        for r in self.replicas:
-            r.flush()
-        return True
-
-    @property
-    def idle(self) -> bool:
-        return not any(r.busy for r in self.replicas)
-
-    def replica_stats(self) -> list[EngineStats]:
-        """One :class:`EngineStats` per DP replica (SGLang reports scheduler metrics per DP rank)."""
-        return [
-            EngineStats(
-                running=r.num_running,
-                queued=len(r.waiting),
-                used_tokens=r.used,
-                cache_tokens=r.tree.total_size if r.tree else 0,
-                capacity=r.capacity,
-                retracted=r.total_retracted,
-                prompt_tokens=r.prompt_tokens,
-                cached_tokens=r.cached_prompt_tokens,
-                generated_tokens=r.generated_tokens,
-            )
-            for r in self.replicas
-        ]
-
-    def stats(self) -> EngineStats:
-        """All replicas together."""
-        parts = self.replica_stats()
-        return EngineStats(*(sum(getattr(p, f) for p in parts) for f in EngineStats.__dataclass_fields__))

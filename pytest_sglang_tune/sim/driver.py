@@ -8,7 +8,7 @@ because the selector rounds timeouts up to whole milliseconds.
 
 When the process cannot keep up (too little CPU, a stalled loop, or ``SGLANG_SIM_FORCE_LAG_MS``), emissions run
 late: every step's lag (wall time of emission minus simulated end) goes into :class:`LagStats`, exposed as
-``sglang:sim_lag_seconds`` in ``/metrics`` and as ``sim.lag`` (with a ``warning``) in ``/server_info``.
+``sglang_sim:lag_seconds`` in ``/metrics`` and as ``sim.lag`` (with a ``warning``) in ``/server_info``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pytest_sglang_tune.sim.core import Engine, SimRequest, StepRecord
+from pytest_sglang_tune.sim.core import SimRequest, StepRecord
+from pytest_sglang_tune.sim.engine import Engine
 
 __all__ = ["LAG_TOLERANCE_S", "LagStats", "WallClockDriver"]
 
@@ -118,8 +119,9 @@ class WallClockDriver:
         """Simulated time: seconds since :meth:`start` (the :class:`~.core.Clock` of the HTTP server)."""
         return time.perf_counter() - self._t0
 
-    def submit(self, req: SimRequest) -> None:
-        self.engine.submit(req, self.now())
+    def submit(self, req: SimRequest, *, received: float | None = None, tokenized: int | None = None) -> None:
+        """Enter ``req`` now; ``received``/``tokenized`` as in :meth:`.engine.Engine.submit`."""
+        self.engine.submit(req, self.now(), received=received, tokenized=tokenized)
         self._arm()
 
     def abort(self, req: SimRequest) -> None:

@@ -5,7 +5,8 @@ requests, KV usage, throughput, cache hit rate, capacity), tokenizer counters an
 TTFT, ITL, TPOT, E2E) and the queue-time histogram. Labels are those of the SGLang version the flags belong to
 (0.5.23: ``model_name, engine_type, tp_rank, pp_rank, moe_ep_rank`` for scheduler metrics, ``model_name,
 engine_type`` for request metrics, plus ``is_streaming`` where SGLang has it; 0.5.5.post3: fewer). The sim's
-own lag gauge is ``sglang:sim_lag_seconds{stat=last|max|p99|mean}`` (not an SGLang metric).
+own series wear their own prefix so scrapers and dashboards are not misled: ``sglang_sim:lag_seconds{stat=last|max|
+p99|mean}`` and ``sglang_sim:late_steps_total`` (not SGLang metrics).
 """
 
 from __future__ import annotations
@@ -272,11 +273,11 @@ class SimMetrics:
                 lines += merged.lines(f"sglang:{name}", self.tok_labels)
         head("sglang:inter_token_latency_seconds", "histogram", "Histogram of inter-token latency in seconds.")
         lines += self.itl.lines("sglang:inter_token_latency_seconds", self.tok_labels)
-        head("sglang:sim_lag_seconds", "gauge", "Simulated server only: how late steps were emitted vs simulated time.")
+        head("sglang_sim:lag_seconds", "gauge", "Simulated server only: how late steps were emitted vs simulated time.")
         for stat in ("last", "max", "p99", "mean"):
             lines.append(
-                f"sglang:sim_lag_seconds{_labels({**self.tok_labels, 'stat': stat})} {_fmt(float(lag[stat + '_s']))}"
+                f"sglang_sim:lag_seconds{_labels({**self.tok_labels, 'stat': stat})} {_fmt(float(lag[stat + '_s']))}"
             )
-        head("sglang:sim_late_steps_total", "counter", "Simulated server only: steps emitted later than the tolerance.")
-        lines.append(f"sglang:sim_late_steps_total{_labels(self.tok_labels)} {_fmt(float(lag['late_steps']))}")
+        head("sglang_sim:late_steps_total", "counter", "Simulated server only: steps emitted later than the tolerance.")
+        lines.append(f"sglang_sim:late_steps_total{_labels(self.tok_labels)} {_fmt(float(lag['late_steps']))}")
         return "\n".join(lines) + "\n"

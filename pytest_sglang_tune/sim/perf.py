@@ -2,61 +2,63 @@
 
 ``PerfModel`` prices one forward pass (prefill, decode or mixed) on the GPU:
 
-* :class:`AiconfiguratorPerf` asks NVIDIA's ``aiconfigurator-core`` (pin 0.12.0, Apache-2.0) through its
-  forward-pass model ``RustForwardPassPerfModel.estimate_forward_pass_time_ms`` for ``backend="sglang"``
-  (collected kernel data of SGLang 0.5.14 on the chosen GPU). Offline, pure Rust per query (~10 µs).
-* :class:`RooflinePerf` stands in where ``aiconfigurator-core`` is not installable (it ships wheels for
-  Linux x86-64 only): ``max(compute, memory) + all-reduce + fixed`` with the constants documented below,
-  calibrated to land within ~10 % of aiconfigurator for dense 8B models on H100.
+* :class:`~.aic.AiconfiguratorPerf` asks NVIDIA's ``aiconfigurator-core`` (pin 0.12.0, Apache-2.0) through its
+  forward-pass model for ``backend="sglang"``: collected SGLang kernel data (the version nearest to the
+  server's SGLang version) on the chosen GPU, all-reduces included. Offline, pure Rust per query (~10 µs).
+* :class:`RooflinePerf` stands in where ``aiconfigurator-core`` is not installable or cannot model the
+  model/GPU/parallelism: ``max(compute, memory) + all-reduce + fixed`` with the constants documented below.
+  The reason it runs is recorded (``fallback_reason`` in ``/server_info``).
 
 :class:`StepTimer` turns a forward pass into a scheduler step as SGLang runs it: decode batches up to the
 CUDA-graph cap replay a captured graph padded to the next captured batch size; larger ones run eagerly and pay
-the launch overhead (:data:`EAGER_*`); every step pays a CPU overhead (:data:`CPU_*`), smaller when the overlap
-scheduler hides most of it.
+the launch overhead (:data:`EAGER_*`); every step pays the scheduler's CPU time (:data:`CPU_*`): hidden behind
+the GPU by the overlap scheduler (SGLang's default) when it is shorter than the forward pass, exposed in full
+with ``--disable-overlap-schedule``. Under tensor parallelism every step also gathers the vocabulary-parallel
+logits across the ranks (:data:`LOGITS_ALLGATHER_*`), which ``aiconfigurator-core``'s op list leaves out.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pytest_sglang_tune.sim.models import GpuSpec, ModelSpec
+from pytest_sglang_tune.sim.gpus import GpuSpec
+from pytest_sglang_tune.sim.models import ModelSpec
 
 __all__ = [
-    "AICONFIGURATOR_PIN",
-    "AiconfiguratorPerf",
     "PerfModel",
     "RooflinePerf",
     "StepShape",
     "StepTimer",
     "cuda_graph_batch_sizes",
-    "make_perf_model",
+    "perf_model_info",
 ]
 
 log = logging.getLogger("sglang_sim")
 
-AICONFIGURATOR_PIN = "0.12.0"
-AICONFIGURATOR_SGLANG_DATA = "0.5.14"  # newest SGLang kernel data bundled with aiconfigurator-core 0.12.0
-
+ROOFLINE_DATA_VERSION = "sim-gpu-table-1"  # bump when GPU facts or roofline constants change
 # -- roofline constants (documented; used only without aiconfigurator-core) ------------------------------------
-ROOFLINE_MFU = 0.70  # achieved fraction of dense BF16 peak in GEMM-bound steps (prefill)
+ROOFLINE_MFU = 0.70  # achieved fraction of dense tensor peak in GEMM-bound steps (prefill)
 ROOFLINE_BW_EFFICIENCY = 0.80  # achieved fraction of HBM bandwidth (aiconfigurator's own empirical factor)
 ROOFLINE_FIXED_MS = 0.45  # per forward: embedding, sampling, norms, kernel tails
 ROOFLINE_ALLREDUCE_LATENCY_MS = 0.008  # per all-reduce (2 per layer) when tp > 1
 
 # -- CUDA graph and CPU overhead (documented estimates of SGLang 0.5.x behaviour) ------------------------------
-EAGER_MS_PER_LAYER = 0.05  # kernel-launch cost per layer of a decode step run without a CUDA graph
+# Kernel-launch (Python dispatch) cost per layer of a decode step run without a CUDA graph (batches above
+# --cuda-graph-max-bs). CALIBRATED on one published point, gpustack-qwen3-14b-offline in
+# benchmarks/published_points.json (median ITL 51.4 ms; 0.30 gives 51.8), which is therefore not scored.
+EAGER_MS_PER_LAYER = 0.30
 EAGER_SLOWDOWN = 1.10  # and the GPU work itself is ~10 % slower without graph-captured fusion
-CPU_OVERLAP_MS = 0.10  # exposed scheduler CPU time per step with the overlap scheduler (default)
-CPU_OVERLAP_MS_PER_REQ = 0.002
-CPU_NO_OVERLAP_MS = 0.60  # with --disable-overlap-schedule the whole CPU step is exposed
-CPU_NO_OVERLAP_MS_PER_REQ = 0.010
+CPU_EXPOSED_MS = 0.10  # per step even with the overlap scheduler (launch + result sync it cannot hide)
+CPU_MS = 0.60  # the scheduler's whole CPU time per step (Python: schedule, prepare, process results) ...
+CPU_MS_PER_REQ = 0.010  # ... plus this per request in the batch
+# -- tensor parallelism: the logits all-gather of the vocabulary-parallel LM head (SGLang's LogitsProcessor
+# gathers bf16 logits of every sampled row across the tp ranks each step; not in aiconfigurator's op list).
+LOGITS_ALLGATHER_LATENCY_MS = 0.010  # one NCCL all-gather launch + sync on NVLink
+LOGITS_BYTES = 2  # bf16
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,119 +81,39 @@ class StepShape:
 class PerfModel(Protocol):
     """Prices one forward pass on the GPU(s) of one model replica."""
 
-    name: str
+    name: str  # "aiconfigurator-core" | "roofline"
+    data_version: str  # aiconfigurator-core's package version, or the sim's roofline table version
+    sglang_data_version: str | None  # the SGLang kernel-data version asked for (None: roofline)
+    detail: str
 
     def forward_ms(self, shape: StepShape) -> float: ...
 
 
-@contextlib.contextmanager
-def _fast_yaml() -> Iterator[None]:
-    """Let aiconfigurator read its system YAML files with libyaml (same data, ~0.4 s faster startup)."""
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - PyYAML is a dependency
-        yield
-        return
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is None:
-        yield
-        return
-    original = yaml.safe_load
-
-    def safe_load(stream: Any) -> Any:
-        return yaml.load(stream, Loader=loader)
-
-    yaml.safe_load = safe_load
-    try:
-        yield
-    finally:
-        yaml.safe_load = original
-
-
-class AiconfiguratorPerf:
-    """``aiconfigurator-core``'s forward-pass model for SGLang on one GPU type."""
-
-    def __init__(self, model: ModelSpec, gpu: GpuSpec, *, tp: int, pp: int = 1) -> None:
-        from aiconfigurator_core.sdk import RustForwardPassPerfModel
-
-        config = {
-            "schema_version": 1,
-            "model_name": model.name,
-            "system_name": gpu.name,
-            "backend": "sglang",
-            "backend_version": AICONFIGURATOR_SGLANG_DATA,
-            "tp_size": tp,
-            "pp_size": pp,
-        }
-        with _fast_yaml():
-            self._model = RustForwardPassPerfModel.from_native(config)
-        self._estimate = self._model._inner.estimate_forward_pass_time_ms  # JSON string in, ms out
-        self.name = f"aiconfigurator-core {_installed_version()}"
-        self.detail = f"RustForwardPassPerfModel sglang {AICONFIGURATOR_SGLANG_DATA} data, {gpu.name}, tp={tp}"
-        self.forward_ms(StepShape(decode_reqs=1, decode_context=1))  # loads the perf tables now, not mid-run
-
-    def forward_ms(self, shape: StepShape) -> float:
-        if not shape.prefill_tokens and not shape.decode_reqs:
-            return 0.0
-        has_prefill = shape.prefill_tokens > 0
-        has_decode = shape.decode_reqs > 0
-        n_prefill = shape.prefill_reqs if has_prefill else 0
-        prefill_kv = shape.prefill_context if has_prefill else 0
-        n_decode = shape.decode_reqs if has_decode else 0
-        decode_kv = max(shape.decode_context, shape.decode_reqs) if has_decode else 0
-        sched = (
-            f'{{"num_prefill_requests":{n_prefill},"sum_prefill_tokens":{shape.prefill_tokens},'
-            f'"var_prefill_length":0.0,"sum_prefill_kv_tokens":{prefill_kv},"num_decode_requests":{n_decode},'
-            f'"sum_decode_kv_tokens":{decode_kv},"var_decode_kv_tokens":0.0}}'
-        )
-        fpm = (
-            '{"version":1,"worker_id":"sim","dp_rank":0,"counter_id":0,"wall_time":0.0,'
-            f'"scheduled_requests":{sched},"queued_requests":{_EMPTY_QUEUE}}}'
-        )
-        value = self._estimate(fpm)
-        if value is None:  # pragma: no cover - native models always answer
-            raise RuntimeError(f"aiconfigurator-core returned no estimate for {shape}")
-        return float(value)
-
-
-_EMPTY_QUEUE = json.dumps(
-    {
-        "num_prefill_requests": 0,
-        "sum_prefill_tokens": 0,
-        "var_prefill_length": 0.0,
-        "num_decode_requests": 0,
-        "sum_decode_kv_tokens": 0,
-        "var_decode_kv_tokens": 0.0,
-    },
-    separators=(",", ":"),
-)
-
-
-def _installed_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("aiconfigurator-core")
-    except Exception:  # pragma: no cover - metadata missing
-        return AICONFIGURATOR_PIN
-
-
 class RooflinePerf:
-    """A small roofline: ``max(FLOPs / (peak * MFU), bytes / (HBM * efficiency)) + all-reduce + fixed``."""
+    """A small roofline: ``max(FLOPs / (peak * MFU), bytes / (HBM * efficiency)) + all-reduce + fixed``.
+
+    Weights are read at their stored width; FP8 weights compute at the GPU's FP8 rate where it has FP8 tensor
+    cores (elsewhere they are dequantized to BF16, as SGLang's weight-only kernels do).
+    """
 
     name = "roofline"
+    data_version = ROOFLINE_DATA_VERSION
+    sglang_data_version: str | None = None
 
-    def __init__(self, model: ModelSpec, gpu: GpuSpec, *, tp: int, pp: int = 1) -> None:
+    def __init__(self, model: ModelSpec, gpu: GpuSpec, *, tp: int, pp: int = 1, ep: int = 1) -> None:
         self.model, self.gpu, self.tp, self.pp = model, gpu, tp, pp
         self.detail = (
             f"roofline: MFU {ROOFLINE_MFU}, HBM efficiency {ROOFLINE_BW_EFFICIENCY}, "
-            f"fixed {ROOFLINE_FIXED_MS} ms, {gpu.name}, tp={tp}"
+            f"fixed {ROOFLINE_FIXED_MS} ms, {gpu.name}, tp={tp}" + (f", weights {model.quant}" if model.quant else "")
         )
-        self._weight_bytes = model.total_params * model.dtype_bytes / (tp * pp)
+        self._weight_bytes = model.weight_bytes() / (tp * pp)
+        self._active_ratio = model.weight_bytes(active=True) / model.weight_bytes()
         self._active_flops_per_token = 2.0 * model.active_params / (tp * pp)
         self._kv_bytes_per_token = model.kv_bytes_per_token(tp, pp)
         # attention score + value FLOPs per (query token, context token) on one GPU
         self._attn_flops = 4.0 * model.num_layers * model.num_heads * model.head_dim / (tp * pp)
+        fp8 = model.quant in ("fp8", "fp8_block") and gpu.fp8_flops > 0
+        self._peak = (gpu.fp8_flops if fp8 else gpu.bf16_flops) * ROOFLINE_MFU
 
     def forward_ms(self, s: StepShape) -> float:
         tokens = s.prefill_tokens + s.decode_reqs
@@ -199,45 +121,32 @@ class RooflinePerf:
             return 0.0
         avg_new = s.prefill_tokens / max(1, s.prefill_reqs)
         prefill_pairs = s.prefill_tokens * (s.prefill_context / max(1, s.prefill_reqs) + avg_new / 2)
-        flops = self._active_flops_per_token * tokens + self._attn_flops * (prefill_pairs + s.decode_context)
+        linear = self._active_flops_per_token * tokens
+        attn = self._attn_flops * (prefill_pairs + s.decode_context)
         weight_bytes = self._weight_bytes
         if self.model.num_experts:  # only the experts the batch touches are read
             touched = min(1.0, tokens * self.model.experts_per_token / self.model.num_experts)
-            weight_bytes *= max(self.model.active_params / self.model.total_params, touched)
+            weight_bytes *= max(self._active_ratio, touched)
         kv_bytes = self._kv_bytes_per_token * (s.decode_context + s.prefill_context + s.prefill_tokens)
-        compute_s = flops / (self.gpu.bf16_flops * ROOFLINE_MFU)
+        compute_s = linear / self._peak + attn / (self.gpu.bf16_flops * ROOFLINE_MFU)
         memory_s = (weight_bytes + kv_bytes) / (self.gpu.hbm_bytes_per_s * ROOFLINE_BW_EFFICIENCY)
         comm_ms = 0.0
         if self.tp > 1:
             layers = self.model.num_layers / self.pp
             volume = 2 * layers * tokens * self.model.hidden_size * 2 * (self.tp - 1) / self.tp
-            comm_ms = volume / self.gpu.nvlink_bytes_per_s * 1e3 + 2 * layers * ROOFLINE_ALLREDUCE_LATENCY_MS
+            comm_ms = volume / self.gpu.link_bytes_per_s * 1e3 + 2 * layers * ROOFLINE_ALLREDUCE_LATENCY_MS
         return max(compute_s, memory_s) * 1e3 + comm_ms + ROOFLINE_FIXED_MS
 
 
-def make_perf_model(
-    choice: str, model: ModelSpec, gpu: GpuSpec, *, tp: int, pp: int = 1
-) -> tuple[PerfModel, str | None]:
-    """``auto`` | ``aiconfigurator`` | ``roofline`` -> (model, note why the roofline runs, if it does)."""
-    if choice not in ("auto", "aiconfigurator", "roofline"):
-        raise ValueError(f"SGLANG_SIM_PERF_MODEL={choice!r}; allowed: auto, aiconfigurator, roofline")
-    if choice == "roofline":
-        return RooflinePerf(model, gpu, tp=tp, pp=pp), "SGLANG_SIM_PERF_MODEL=roofline"
-    try:
-        return AiconfiguratorPerf(model, gpu, tp=tp, pp=pp), None
-    except ImportError as exc:
-        if choice == "aiconfigurator":
-            raise RuntimeError(
-                f"SGLANG_SIM_PERF_MODEL=aiconfigurator but aiconfigurator-core is not installed ({exc}); "
-                f"install 'aiconfigurator-core=={AICONFIGURATOR_PIN}' (Linux x86-64 only) or use roofline"
-            ) from exc
-        note = f"aiconfigurator-core is not installed ({exc})"
-    except Exception as exc:  # the model or GPU is not covered by aiconfigurator's data
-        if choice == "aiconfigurator":
-            raise RuntimeError(f"aiconfigurator-core cannot model {model.name} on {gpu.name}: {exc}") from exc
-        note = f"aiconfigurator-core cannot model {model.name} on {gpu.name}: {str(exc)[:200]}"
-    log.warning("perf model: roofline (%s)", note)
-    return RooflinePerf(model, gpu, tp=tp, pp=pp), note
+def perf_model_info(perf: PerfModel | None, gpu: str, fallback_reason: str | None) -> dict[str, Any]:
+    """``/server_info``'s ``sim.perf_model``: which model priced the steps, on what data, and why."""
+    return {
+        "name": perf.name if perf is not None else None,
+        "data_version": perf.data_version if perf is not None else None,
+        "gpu": gpu,
+        "sglang_data_version": perf.sglang_data_version if perf is not None else None,
+        "fallback_reason": fallback_reason,
+    }
 
 
 def cuda_graph_batch_sizes(max_bs: int, *, disable_padding: bool = False) -> tuple[int, ...]:
@@ -253,7 +162,12 @@ def cuda_graph_batch_sizes(max_bs: int, *, disable_padding: bool = False) -> tup
 
 
 class StepTimer:
-    """Seconds per scheduler step: the forward pass, CUDA-graph padding or eager penalty, CPU overhead."""
+    """Seconds per scheduler step: the forward pass, CUDA-graph padding or eager penalty, logits all-gather, CPU.
+
+    CPU: SGLang's scheduler spends ``CPU_MS + CPU_MS_PER_REQ * requests`` of Python per step. The overlap
+    scheduler (default) prepares the next batch while the GPU runs this one, so a step lasts
+    ``max(GPU + CPU_EXPOSED_MS, CPU)``; with ``--disable-overlap-schedule`` it lasts ``GPU + CPU``.
+    """
 
     def __init__(
         self,
@@ -263,13 +177,22 @@ class StepTimer:
         graph_batch_sizes: tuple[int, ...],
         overlap_schedule: bool = True,
         extra_cpu_ms: float = 0.0,
+        tp: int = 1,
+        vocab_size: int = 0,
+        link_bytes_per_s: float = 0.0,
     ) -> None:
         self.perf = perf
         self.graph_bs = graph_batch_sizes
         self.graph_cap = graph_batch_sizes[-1] if graph_batch_sizes else 0
         self.eager_ms = num_layers * EAGER_MS_PER_LAYER
-        self.cpu_ms = (CPU_OVERLAP_MS if overlap_schedule else CPU_NO_OVERLAP_MS) + extra_cpu_ms
-        self.cpu_ms_per_req = CPU_OVERLAP_MS_PER_REQ if overlap_schedule else CPU_NO_OVERLAP_MS_PER_REQ
+        self.overlap = overlap_schedule
+        self.cpu_ms = CPU_MS + extra_cpu_ms
+        self.cpu_ms_per_req = CPU_MS_PER_REQ
+        # ms per sampled row for the logits all-gather (0 at tp 1)
+        self.gather_ms_per_row = (
+            vocab_size * LOGITS_BYTES * (tp - 1) / tp / link_bytes_per_s * 1e3 if tp > 1 and link_bytes_per_s else 0.0
+        )
+        self.gather_ms = LOGITS_ALLGATHER_LATENCY_MS if tp > 1 else 0.0
         self._cache: dict[StepShape, float] = {}
 
     def forward_ms(self, shape: StepShape) -> float:
@@ -287,7 +210,11 @@ class StepTimer:
         if cached is not None:
             return cached
         reqs = shape.prefill_reqs + shape.decode_reqs
-        ms = self.forward_ms(shape) + self.cpu_ms + self.cpu_ms_per_req * reqs
+        gpu = self.forward_ms(shape)
+        if self.gather_ms:
+            gpu += self.gather_ms + self.gather_ms_per_row * reqs
+        cpu = self.cpu_ms + self.cpu_ms_per_req * reqs
+        ms = max(gpu + CPU_EXPOSED_MS, cpu) if self.overlap else gpu + cpu
         if len(self._cache) > 200_000:
             self._cache.clear()
         self._cache[shape] = seconds = ms / 1e3

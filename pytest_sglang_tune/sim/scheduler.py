@@ -3,11 +3,12 @@
 Behaviour follows SGLang 0.5.x's ``Scheduler.get_next_batch_to_run`` in the respects the tuned flags touch:
 
 * A step is a **prefill** batch when one can be formed (prefill has priority), else a **decode** step of every
-  running request. In the sim's default mode the running requests decode inside each prefill step (a mixed
-  step, priced as one forward pass), so decodes share the step with prompt chunks and a larger
-  ``--chunked-prefill-size`` trades longer steps (higher ITL) for fewer of them (higher throughput). SGLang
-  itself does this only with ``--enable-mixed-chunk``; its default gives prefill steps strict priority and
-  stalls decodes meanwhile, which the sim reproduces with ``SGLANG_SIM_STRICT_PREFILL=1``.
+  running request. By default (SGLang's) a prefill step carries no decodes: running requests stall behind it,
+  so a long prompt or a large ``--chunked-prefill-size`` shows up as an ITL spike. With
+  ``--enable-mixed-chunk`` (and chunked prefill on) the running requests decode inside each prefill step (a
+  mixed step, priced as one forward pass) and, as in SGLang's ``PrefillAdder``, the step's prompt budget
+  (``--chunked-prefill-size`` and ``--max-prefill-tokens``) shrinks by one token per running request.
+  ``SGLANG_SIM_PREFILL=strict|mixed`` overrides the flag (sim only, see :mod:`.config`).
 * Prefill batches follow ``PrefillAdder``: the request being chunked continues first; then waiting requests in
   ``--schedule-policy`` order are added while ``--max-running-requests`` allows, while the prompt budget
   ``--max-prefill-tokens`` lasts, and while the KV pool (free + evictable cache, minus the decode reservation
@@ -21,6 +22,10 @@ Behaviour follows SGLang 0.5.x's ``Scheduler.get_next_batch_to_run`` in the resp
 * A decode step needs one KV slot per request; when the pool is short, requests are **retracted** (fewest
   output tokens first) back to the queue and ``new_token_ratio`` is re-estimated, as in ``retract_decode``.
 * Finished and prefilled sequences are inserted into the radix tree; unlocked entries are evicted LRU.
+* With the overlap scheduler (default; ``--disable-overlap-schedule`` turns it off) the next batch is formed
+  while the current one runs, so a request that arrives during step k can join step k+2 at the earliest (the
+  TTFT cost SGLang's maintainers name in sgl-project/sglang#2067: "we delayed the processing of the first
+  batch in favor of launching the kernels for the next batch first"); an idle replica takes it at once.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Scheduler:
         self.ratio_decay = (self.init_ratio - self.min_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
         self.new_token_ratio = self.init_ratio
         self.rng = random.Random(f"sim-scheduler-{config.seed}-{index}")
+        self._cutoff: float | None = None  # overlap: requests ready after this were not seen when the batch formed
         self.total_retracted = 0
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
@@ -153,14 +159,14 @@ class Scheduler:
 
     # -- queue -------------------------------------------------------------------------------------------------
     def add(self, req: SimRequest) -> None:
-        key = (req.arrival, req.rid)
+        key = (req.ready, req.rid)
         i = bisect.bisect(self._waiting_keys, key)
         self._waiting_keys.insert(i, key)
         self.waiting.insert(i, req)
         req.state = RequestState.WAITING
 
     def _remove_waiting(self, req: SimRequest) -> None:
-        i = bisect.bisect_left(self._waiting_keys, (req.arrival, req.rid))
+        i = bisect.bisect_left(self._waiting_keys, (req.ready, req.rid))
         assert self.waiting[i] is req
         del self.waiting[i]
         del self._waiting_keys[i]
@@ -185,20 +191,23 @@ class Scheduler:
         """Start the next step at ``t`` if there is work (or at the first arrival up to ``horizon``)."""
         if self.current is not None:
             return
-        step = self._schedule(t)
+        cutoff, self._cutoff = self._cutoff, None
+        step = self._schedule(t, t if cutoff is None else cutoff)
+        if step is None and cutoff is not None:  # nothing else to run: the loop takes the new requests now
+            step = self._schedule(t, t)
         if step is None and self.waiting and not self.running and self.chunked is None:
             first = self._waiting_keys[0][0]
             if t < first <= horizon:
-                step = self._schedule(first)
+                step = self._schedule(first, first)
         self.current = step
 
-    def _schedule(self, t: float) -> _Step | None:
-        prefill = self._prefill_batch(t) if (self.waiting or self.chunked) else []
+    def _schedule(self, t: float, cutoff: float) -> _Step | None:
+        prefill = self._prefill_batch(t, cutoff) if (self.waiting or self.chunked) else []
         decode: list[SimRequest] = []
         if self.running and (not prefill or self.cfg.mixed_steps):
             decode = self._prepare_decode(t)
             if not decode and not prefill and (self.waiting or self.chunked):
-                prefill = self._prefill_batch(t)  # everything was retracted: start over from the queue
+                prefill = self._prefill_batch(t, cutoff)  # everything was retracted: start over from the queue
         if not prefill and not decode:
             if not self.running:
                 self.new_token_ratio = self.init_ratio
@@ -244,11 +253,16 @@ class Scheduler:
             total += min(r.max_new_tokens - r.out_len, CLIP_MAX_NEW_TOKENS)
         return total * self.new_token_ratio
 
-    def _prefill_batch(self, t: float) -> list[tuple[SimRequest, int]]:
+    def _prefill_batch(self, t: float, cutoff: float) -> list[tuple[SimRequest, int]]:
         cfg = self.cfg
         batch: list[tuple[SimRequest, int]] = []
         rem_chunk = cfg.chunked_prefill_size if cfg.chunked_prefill_size and cfg.chunked_prefill_size > 0 else None
         rem_input = cfg.max_prefill_tokens
+        if cfg.mixed_steps and rem_chunk is not None and self.running:  # PrefillAdder's mixed_with_decode_tokens
+            rem_chunk -= len(self.running)
+            rem_input -= len(self.running)
+            if rem_chunk <= 0:
+                return []
         reserve = self._reserved()
         chunked = self.chunked
         if chunked is not None:
@@ -265,7 +279,7 @@ class Scheduler:
             if n < left:
                 return batch
             self.chunked = None
-        n_admissible = bisect.bisect_right(self._waiting_keys, (t, float("inf")))
+        n_admissible = bisect.bisect_right(self._waiting_keys, (cutoff, float("inf")))
         if n_admissible == 0 or len(self.running) + len(batch) >= cfg.max_running_requests:
             return batch
         if rem_chunk is not None and rem_chunk < self.page:
@@ -361,6 +375,8 @@ class Scheduler:
         assert step is not None
         self.current = None
         t = step.end
+        if self.cfg.overlap_schedule:
+            self._cutoff = step.start  # the next batch was formed when this one was launched
         emitted: list[SimRequest] = []
         finished: list[SimRequest] = []
         for req, n in step.prefill:

@@ -19,15 +19,16 @@ from typing import Any
 
 from aiohttp import web
 
-from pytest_sglang_tune.sim.config import ResolvedServer
-from pytest_sglang_tune.sim.core import Engine, SimRequest, StepRecord
+from pytest_sglang_tune.sim.config import ALWAYS_NOT_MODELLED, PHYSICS_VERSION, ResolvedServer
+from pytest_sglang_tune.sim.core import SimRequest, StepRecord
 from pytest_sglang_tune.sim.driver import WallClockDriver
-from pytest_sglang_tune.sim.loader import Loaded, start_loading
+from pytest_sglang_tune.sim.engine import Engine
+from pytest_sglang_tune.sim.loader import Loaded, build_engine, start_loading
 from pytest_sglang_tune.sim.metrics import SimMetrics
-from pytest_sglang_tune.sim.perf import PerfModel, StepShape, StepTimer
+from pytest_sglang_tune.sim.perf import PerfModel, StepShape, perf_model_info
 from pytest_sglang_tune.sim.tokenizer import OutputPlan, SimTokenizer
 
-__all__ = ["Handle", "SimServer", "build_app"]
+__all__ = ["Handle", "SimServer", "json_response"]
 
 log = logging.getLogger("sglang_sim")
 
@@ -40,13 +41,14 @@ OPEN_PATHS = ("/health", "/ready", "/metrics")
 class Handle:
     """The server side of one request: wakes its HTTP handler when there is something to send."""
 
-    __slots__ = ("arrival", "first", "interval", "last", "probe", "req", "sent", "stream", "waiter")
+    __slots__ = ("arrival", "first", "interval", "last", "probe", "req", "rid", "sent", "stream", "waiter")
 
     def __init__(self, req: SimRequest, *, stream: bool, interval: int, probe: bool = False) -> None:
         self.req = req
         self.stream = stream
         self.interval = interval
         self.probe = probe
+        self.rid: str | None = None
         self.sent = 0
         self.arrival = 0.0
         self.first = -1.0
@@ -97,6 +99,7 @@ class SimServer:
         self._loaded: Future[Loaded] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._last_emit = -1.0
+        self._by_rid: dict[str, Handle] = {}  # requests in flight by their request id (for /abort_request)
 
     # -- startup ----------------------------------------------------------------------------------------------
     def attach(self, loaded: Future[Loaded]) -> None:
@@ -116,13 +119,7 @@ class SimServer:
             raise
         assert self.perf is not None
         cfg = self.cfg
-        timer = StepTimer(
-            self.perf,
-            num_layers=cfg.model.num_layers,
-            graph_batch_sizes=cfg.graph_batch_sizes,
-            overlap_schedule=cfg.overlap_schedule,
-        )
-        self.engine = Engine(cfg.engine, timer)
+        self.engine = build_engine(cfg, self.perf)
         self.driver = WallClockDriver(self.engine, self._on_step, force_lag_ms=cfg.settings.force_lag_ms)
         self.driver.start(loop)
         self.ready = True
@@ -154,18 +151,53 @@ class SimServer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, tok.encode, text)
 
     def submit(
-        self, input_ids: list[int], plan: OutputPlan, *, stream: bool, max_new_tokens: int, probe: bool = False
+        self,
+        input_ids: list[int],
+        plan: OutputPlan,
+        *,
+        stream: bool,
+        max_new_tokens: int,
+        probe: bool = False,
+        received: float | None = None,
+        tokenized: bool = True,
+        rid: str | None = None,
     ) -> Handle:
+        """Enter a request; ``received`` is when its HTTP request arrived (driver time), ``tokenized`` whether
+        the front end tokenized text for it (False for token-id inputs)."""
         assert self.driver is not None
         req = SimRequest(input_ids, plan.output_ids, max_new_tokens=max_new_tokens, finish_reason=plan.finish_reason)
         handle = Handle(req, stream=stream, interval=self.cfg.stream_interval, probe=probe)
         req.handle = handle
-        handle.arrival = self.driver.now()
-        self.driver.submit(req)
+        now = self.driver.now()
+        handle.arrival = now if received is None else min(received, now)
+        if rid:
+            handle.rid = rid
+            self._by_rid[rid] = handle
+        self.driver.submit(req, received=handle.arrival, tokenized=None if tokenized else 0)
         return handle
+
+    def abort_rid(self, rid: str) -> bool:
+        """Abort the request with this id (``/abort_request``); False when none is in flight."""
+        handle = self._by_rid.get(rid)
+        if handle is None:
+            return False
+        self.abort(handle)
+        handle.wake()
+        return True
+
+    def abort_all(self) -> int:
+        """Abort every request in flight; how many."""
+        rids = list(self._by_rid)
+        return sum(self.abort_rid(rid) for rid in rids)
+
+    def now(self) -> float:
+        """Driver time (seconds since the engine started), for stamping when a request was received."""
+        return self.driver.now() if self.driver is not None else 0.0
 
     def abort(self, handle: Handle) -> None:
         req = handle.req
+        if handle.rid:
+            self._by_rid.pop(handle.rid, None)
         if self.driver is None or req.finished:
             return
         self.driver.abort(req)
@@ -198,6 +230,8 @@ class SimServer:
             h = r.handle
             if h is None:
                 continue
+            if h.rid:
+                self._by_rid.pop(h.rid, None)
             h.wake()
             if not h.probe:
                 self.metrics.request_done(
@@ -245,10 +279,21 @@ class SimServer:
 
     def sim_info(self) -> dict[str, Any]:
         cfg = self.cfg
+        engine = self.engine
         return {
-            "perf_model": self.perf.name if self.perf else None,
+            "physics_version": PHYSICS_VERSION,
+            "perf_model": perf_model_info(self.perf, cfg.gpu.name, self.perf_note),
+            "perf_model_name": f"{self.perf.name} {self.perf.data_version}" if self.perf else None,
             "perf_model_detail": getattr(self.perf, "detail", None),
             "perf_model_note": self.perf_note,
+            "sglang_version": cfg.sglang_version,
+            "front_end": engine.frontend.as_dict() if engine is not None else None,
+            "weights": {
+                "quantization": cfg.model.quant,
+                "source": cfg.model.quant_source,
+                "bits": cfg.model.weight_bits,
+                "gb_per_gpu": round(cfg.model.weight_bytes() / self._model_shards() / 1e9, 2),
+            },
             "gpu": cfg.gpu.name,
             "num_gpus": cfg.settings.num_gpus,
             "gpus_used": cfg.gpus_used,
@@ -257,10 +302,12 @@ class SimServer:
             "tokenizer": self.tokenizer.path if self.tokenizer else None,
             "seed": cfg.seed,
             "flag_table": cfg.sglang_version,
-            "prefill_mode": "mixed" if cfg.engine.mixed_steps else "strict",
+            "prefill_mode": cfg.prefill_mode,
+            "prefill_mode_source": "SGLANG_SIM_PREFILL" if cfg.settings.prefill else "--enable-mixed-chunk",
             "cuda_graph_batch_sizes": list(cfg.graph_batch_sizes),
             "step_time_ms": self.step_time_samples(),
-            "not_modelled": list(cfg.not_modelled),
+            "not_modelled": [*cfg.not_modelled, *ALWAYS_NOT_MODELLED],
+            "not_modelled_flags": list(cfg.not_modelled),
             "lag": self.lag_info(),
             "ready_after_s": round(self.ready_after_s, 3) if self.ready_after_s is not None else None,
             "ready_cpu_s": round(self.ready_cpu_s, 3) if self.ready_cpu_s is not None else None,
@@ -273,7 +320,7 @@ class SimServer:
         internal = {
             "last_gen_throughput": round(self.metrics.gen_throughput, 3),
             "memory_usage": {
-                "weight": round(cfg.model.total_params * cfg.model.dtype_bytes / int(cfg.args["tp_size"]) / 1e9, 2),
+                "weight": round(cfg.model.weight_bytes() / self._model_shards() / 1e9, 2),
                 "kvcache": round(kv_gb, 2),
                 "token_capacity": cfg.max_total_num_tokens,
             },
@@ -294,6 +341,9 @@ class SimServer:
             "version": cfg.sglang_version,
             "sim": self.sim_info(),
         }
+
+    def _model_shards(self) -> int:
+        return int(self.cfg.args["tp_size"]) * int(self.cfg.args.get("pp_size") or 1)
 
     def model_info(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -334,98 +384,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json")
 
 
-def build_app(srv: SimServer) -> web.Application:
-    from pytest_sglang_tune.sim import api
-
-    api_key = srv.cfg.args.get("api_key")
-    admin_key = srv.cfg.args.get("admin_api_key")
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if (api_key or admin_key) and not request.path.startswith(OPEN_PATHS):
-            header = request.headers.get("Authorization", "")
-            token = header[7:] if header.startswith("Bearer ") else None
-            if token is None or token not in (api_key, admin_key):
-                return json_response({"error": "Unauthorized"}, status=401)
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    async def health(request: web.Request) -> web.Response:
-        if not srv.ready:
-            return web.Response(status=503, text="")
-        return web.Response(status=200 if await srv.health_probe() else 503, text="")
-
-    async def ready(request: web.Request) -> web.Response:
-        return web.Response(status=200 if srv.ready else 503, text="")
-
-    async def server_info(request: web.Request) -> web.Response:
-        return json_response(srv.server_info())
-
-    async def model_info(request: web.Request) -> web.Response:
-        return json_response(srv.model_info())
-
-    async def models(request: web.Request) -> web.Response:
-        return json_response({"object": "list", "data": [_model_card(srv)]})
-
-    async def one_model(request: web.Request) -> web.Response:
-        if request.match_info["model"] != srv.cfg.served_model_name:
-            return json_response(
-                {
-                    "object": "error",
-                    "message": f"The model `{request.match_info['model']}` does not exist.",
-                    "type": "NotFoundError",
-                    "param": "model",
-                    "code": "model_not_found",
-                },
-                status=404,
-            )
-        return json_response(_model_card(srv))
-
-    async def flush_cache(request: web.Request) -> web.Response:
-        if srv.engine is not None and srv.engine.flush_cache():
-            return web.Response(
-                text="Cache flushed.\nPlease check backend logs for more details. (When there are "
-                "running or waiting requests, the operation will not be performed.)\n"
-            )
-        return web.Response(
-            status=400,
-            text="Cache not flushed. Please check backend logs for more details. "
-            "(When there are running or waiting requests, the operation will not "
-            "be performed.)\n",
-        )
-
-    async def metrics(request: web.Request) -> web.Response:
-        stats = srv.engine.replica_stats() if srv.engine else []
-        text = srv.metrics.render(
-            stats, context_len=srv.cfg.context_len, page_size=srv.cfg.engine.page_size, lag=srv.lag_info()
-        )
-        return web.Response(
-            text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
-        )
-
-    app = web.Application(middlewares=[auth], client_max_size=64 * 1024 * 1024)
-    app.router.add_get("/health", health)
-    app.router.add_get("/health_generate", health)
-    if not srv.cfg.sglang_version.startswith("0.5.5"):
-        app.router.add_get("/ready", ready)
-    for path in ("/server_info", "/get_server_info"):
-        app.router.add_get(path, server_info)
-    for path in ("/model_info", "/get_model_info"):
-        app.router.add_get(path, model_info)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model:.+}", one_model)
-    app.router.add_route("GET", "/flush_cache", flush_cache)
-    app.router.add_route("POST", "/flush_cache", flush_cache)
-    if srv.cfg.args.get("enable_metrics"):
-        app.router.add_get("/metrics", metrics)
-    app.router.add_post("/v1/chat/completions", api.chat_completions(srv))
-    app.router.add_post("/v1/completions", api.completions(srv))
-    generate = api.generate(srv)
-    app.router.add_route("POST", "/generate", generate)
-    app.router.add_route("PUT", "/generate", generate)
-    return app
-
-
 def _redact_argv(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
@@ -438,7 +396,7 @@ def _redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def _model_card(srv: SimServer) -> dict[str, Any]:
+def model_card(srv: SimServer) -> dict[str, Any]:
     return {
         "id": srv.cfg.served_model_name,
         "object": "model",

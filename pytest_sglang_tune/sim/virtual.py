@@ -1,6 +1,8 @@
 """Drive the scheduler core on a virtual clock: replay a trace in milliseconds of CPU, no HTTP, no sleeping.
 
-This is what ``sglang-tune predict`` will build on, and what the directional tests use. Two load shapes:
+This is what ``sglang-tune predict`` will build on, and what the directional tests use. :func:`virtual_engine`
+resolves SGLang flags and the ``SGLANG_SIM_*`` environment exactly as the HTTP server does and builds the same
+engine (same perf model, step timer and front-end cost, :mod:`.loader`). Two load shapes:
 
 * :func:`run_open_loop` — requests arrive at given times (a Poisson trace, a recorded trace);
 * :func:`run_closed_loop` — ``concurrency`` clients each send the next request as soon as the previous one
@@ -13,12 +15,69 @@ a perfect network would measure them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from pytest_sglang_tune.sim.core import Engine, SimRequest, StepRecord, VirtualClock
+from pytest_sglang_tune.sim.core import SimRequest, StepRecord, VirtualClock
+from pytest_sglang_tune.sim.engine import Engine
 
-__all__ = ["RunResult", "TraceRequest", "percentile", "run_closed_loop", "run_open_loop"]
+__all__ = [
+    "RunResult",
+    "TraceRequest",
+    "VirtualServer",
+    "percentile",
+    "run_closed_loop",
+    "run_open_loop",
+    "virtual_engine",
+]
+
+_PERF_CACHE: dict[tuple[Any, ...], tuple[Any, str | None]] = {}
+
+
+@dataclass
+class VirtualServer:
+    """A resolved server and its engine on the virtual clock (what the HTTP server would run)."""
+
+    cfg: Any  # config.ResolvedServer
+    engine: Engine
+    perf_model: dict[str, Any]  # /server_info's sim.perf_model
+
+
+def virtual_engine(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    record_steps: bool = False,
+    frontend: Any = None,
+) -> VirtualServer:
+    """SGLang flags + ``SGLANG_SIM_*`` settings -> the sim's engine on a virtual clock.
+
+    Perf models are cached per (settings, model, GPU, parallelism, version), so a grid of configurations pays
+    the ~1 s of building ``aiconfigurator-core``'s model once per distinct shape. ``frontend`` overrides the
+    front-end cost (:class:`~.frontend.FrontEnd`; default SGLang's).
+    """
+    from pytest_sglang_tune.sim.config import SimSettings, parse_server_args, resolve_server
+    from pytest_sglang_tune.sim.loader import build_engine, load_perf
+    from pytest_sglang_tune.sim.perf import perf_model_info
+
+    settings = SimSettings.from_env(env or {})
+    values, given, version = parse_server_args(list(argv), settings.sglang_version)
+    cfg = resolve_server(values, given, version, settings)
+    key = (
+        settings.perf_model,
+        cfg.model,
+        cfg.gpu.name,
+        cfg.args.get("tp_size"),
+        cfg.args.get("pp_size"),
+        cfg.args.get("ep_size"),
+        cfg.sglang_version,
+    )
+    if key not in _PERF_CACHE:
+        _PERF_CACHE[key] = load_perf(cfg)
+    perf, reason = _PERF_CACHE[key]
+    engine = build_engine(cfg, perf, record_steps=record_steps, frontend=frontend)
+    return VirtualServer(cfg, engine, perf_model_info(perf, cfg.gpu.name, reason))
 
 
 @dataclass(frozen=True)
@@ -27,6 +86,7 @@ class TraceRequest:
     input_ids: list[int]
     output_ids: list[int]
     max_new_tokens: int | None = None
+    tokenized: int | None = None  # input tokens the front end tokenizes (None: all; 0: sent as token ids)
 
 
 @dataclass
@@ -105,7 +165,7 @@ def run_open_loop(engine: Engine, trace: Iterable[TraceRequest], clock: VirtualC
             steps.extend(recs)
         clock.set(max(clock.now(), item.arrival))
         req = SimRequest(item.input_ids, item.output_ids, max_new_tokens=item.max_new_tokens)
-        engine.submit(req, item.arrival)
+        engine.submit(req, item.arrival, tokenized=item.tokenized)
         times[req.rid] = []
         reqs.append(req)
     while (t := engine.next_event_time()) is not None:
@@ -123,8 +183,12 @@ def run_closed_loop(
     concurrency: int,
     num_requests: int,
     clock: VirtualClock | None = None,
+    tokenized: bool = True,
 ) -> RunResult:
-    """``concurrency`` clients; request ``i`` is ``make_request(i)`` -> (input ids, output ids)."""
+    """``concurrency`` clients; request ``i`` is ``make_request(i)`` -> (input ids, output ids).
+
+    ``tokenized``: whether the front end tokenizes the prompts (False: they are sent as token ids).
+    """
     clock = clock or VirtualClock()
     times: dict[int, list[float]] = {}
     reqs: list[SimRequest] = []
@@ -134,7 +198,7 @@ def run_closed_loop(
         i = len(reqs)
         input_ids, output_ids = make_request(i)
         req = SimRequest(input_ids, output_ids)
-        engine.submit(req, now)
+        engine.submit(req, now, tokenized=None if tokenized else 0)
         times[req.rid] = []
         reqs.append(req)
 

@@ -134,6 +134,7 @@ def test_unknown_gpu_is_a_warning_not_an_error(gpu_host: Callable[..., Any]) -> 
 
 def test_backends_pick_their_sampler() -> None:
     from pytest_sglang_tune.backends.base import Backend
+    from pytest_sglang_tune.backends.local import LocalBackend
     from pytest_sglang_tune.backends.ome import OmeBackend
     from pytest_sglang_tune.backends.sim import SimBackend
 
@@ -145,7 +146,9 @@ def test_backends_pick_their_sampler() -> None:
     assert isinstance(gpu_sampler([uuid_of(1)]), GpuSampler)
     assert dcgm_sampler(None, {"pod": "p"}) is None                       # no --sglang-prometheus-url
     assert isinstance(dcgm_sampler("http://x", {"pod": "p", "namespace": "n"}), DcgmSampler)
-    assert isinstance(Backend().telemetry_sampler(Dep({"gpus_used": [uuid_of(0)]})), GpuSampler)  # type: ignore[arg-type]
+    assert Backend().telemetry_sampler(Dep({"gpus_used": [uuid_of(0)]})) is None  # type: ignore[arg-type]
+    local = LocalBackend(gpus=1)
+    assert isinstance(local.telemetry_sampler(Dep({"gpus_used": [uuid_of(0)]})), GpuSampler)  # type: ignore[arg-type]
     assert SimBackend(gpus=2).telemetry_sampler(Dep({"gpus_used": [0, 1]})) is None  # type: ignore[arg-type]
     ome = OmeBackend(prometheus_url="http://prom:9090")
     assert isinstance(ome.telemetry_sampler(Dep({"pod": "p", "namespace": "n"})), DcgmSampler)  # type: ignore[arg-type]
