@@ -210,6 +210,10 @@ def build_requests(
     if endpoint not in PATHS:
         raise ValueError(f"workload {workload.name!r}: endpoint {endpoint!r} is not one of {', '.join(PATHS)}")
     cal = calibration or ChatCalibration()
+    if workload.trace is not None:
+        from pytest_sglang_tune.loadgen.trace import build_trace_requests
+
+        return build_trace_requests(workload, model, warmup=warmup, calibration=cal)
     if workload.dataset is not None:
         return _dataset_requests(workload, model, count, stream, warmup, cal)
     sp = workload.shared_prefix

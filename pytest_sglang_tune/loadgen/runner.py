@@ -6,6 +6,8 @@ Load levels:
   with ``concurrency`` as well, at most that many are in flight and a released request waits for a free slot
   (``intended_send`` is the arrival time, ``sent`` when it really went out).
 * neither — everything at once.
+* a trace workload (``workload.trace``) — open loop on the trace's own arrival times (``trace.trace_offsets``:
+  its gaps times ``time_scale``), capped by ``concurrency`` when given.
 
 Open-loop gaps are gamma-distributed with shape ``workload.burstiness`` (1 = Poisson). With ``turns > 1`` the
 units sent are chat sessions (``sessions``): closed loop, a worker runs whole sessions; open loop, sessions
@@ -57,6 +59,7 @@ from pytest_sglang_tune.loadgen.prompts import (
 )
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, next_requested_input, session_samples, turn_body
+from pytest_sglang_tune.loadgen.trace import trace_offsets
 from pytest_sglang_tune.loadgen.windows import finish_point
 from pytest_sglang_tune.loadgen.workload import Load, Workload
 
@@ -199,7 +202,7 @@ class _Point:
             self._cpu0 = time.process_time()
             if self.workload.max_duration_s is not None:
                 self.send_until = t0 + self.workload.max_duration_s
-            if self.load.request_rate is not None:
+            if self.load.request_rate is not None or self.workload.trace is not None:
                 await self._open(units, self.load.request_rate, conc, t0)
             else:
                 await self._closed(units, conc or len(units), measured=True)
@@ -300,13 +303,17 @@ class _Point:
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(units))))))
 
-    async def _open(self, units: list[Callable[[], Awaitable[None]]], rate: float, cap: int | None,
+    async def _open(self, units: list[Callable[[], Awaitable[None]]], rate: float | None, cap: int | None,
                     t0: float) -> None:
         wl = self.workload
         k, n = self.shard
         total = wl.sessions if wl.turns > 1 else wl.num_requests
-        every = arrival_offsets(rate / wl.turns, total, random.Random(f"{wl.seed}:arrivals"),
-                                burstiness=wl.burstiness, exact=True)
+        if wl.trace is not None:  # the trace's own arrival times
+            every = trace_offsets(wl)
+        else:
+            assert rate is not None
+            every = arrival_offsets(rate / wl.turns, total, random.Random(f"{wl.seed}:arrivals"),
+                                    burstiness=wl.burstiness, exact=True)
         offsets = every[k::n]
         slots = asyncio.Semaphore(cap) if cap else None
 
