@@ -42,10 +42,12 @@ def load_key(load: Mapping[str, Any] | None) -> LoadKey:
 
 
 def load_label(load: Mapping[str, Any] | None) -> str:
-    """``c64``, ``r2.5``, ``r4-c16`` (as ``Load.label``); ``-`` when the load is unknown."""
+    """``c64``, ``r2.5``, ``r4-c16``, a trace replay ``ts0.5`` (as ``Load.label``); ``-`` when the load is unknown."""
     load = load or {}
     parts = []
-    if load.get("request_rate") is not None:
+    if load.get("time_scale") is not None:  # a trace replay: its request_rate is the replay's mean rate
+        parts.append(f"ts{_num(float(load['time_scale']))}")
+    elif load.get("request_rate") is not None:
         parts.append(f"r{_num(float(load['request_rate']))}")
     if load.get("concurrency") is not None:
         parts.append(f"c{int(load['concurrency'])}")
@@ -119,7 +121,8 @@ def rank(results: list[dict[str, Any]], objectives: Mapping[str, Objective]) -> 
             out.append({
                 "suite": suite,
                 "workload": wl,
-                "load": {"concurrency": load.get("concurrency"), "request_rate": load.get("request_rate")},
+                "load": {"concurrency": load.get("concurrency"), "request_rate": load.get("request_rate"),
+                         **({"time_scale": load["time_scale"]} if load.get("time_scale") is not None else {})},
                 "rank": i,
                 "config_id": config_id,
                 "score": score,

@@ -443,7 +443,9 @@ def _trace_workload(c: _Ctx, w: Mapping[str, Any], i: int, name: str, common: di
     try:
         reqs = select(load_trace(path), window, max_req)
     except TraceError as exc:
-        raise c.err(str(exc), "workloads", i, "window" if exc.field == "window" else "trace") from None
+        if exc.field == "window":
+            raise c.err(f"{exc.bare_message} (in {path})", "workloads", i, "window") from None
+        raise c.err(str(exc), "workloads", i, "trace") from None
     loads = []
     for ts in scales:
         rate = mean_rate(reqs, ts)

@@ -298,9 +298,10 @@ def implied_hit_fraction(requests: Sequence[TraceRequest]) -> float:
 
 
 def uniquified(requests: Sequence[TraceRequest]) -> list[TraceRequest]:
-    """The same requests with every block id made unique (no shared content): the control for a cache test."""
+    """The same requests with every block id made unique, and unlike any of theirs (no shared content): the
+    control for a cache test."""
     out: list[TraceRequest] = []
-    next_id = 0
+    next_id = 1 + max((h for r in requests for h in (r.hash_ids or ())), default=-1)
     for r in requests:
         ids = None
         if r.hash_ids is not None:
