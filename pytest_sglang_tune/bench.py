@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for load in loads:
         try:
-            common: dict[str, Any] = {"num_requests": args.num_requests or 100, **(trace_kw or {})}
+            common: dict[str, Any] = {"num_requests": 100 if args.num_requests is None else args.num_requests,
+                                      **(trace_kw or {})}
             wl = Workload(name="bench", input_len=inp, output_len=out, warmup_requests=args.warmup_requests,
                           endpoint=args.endpoint, loads=(load,),
                           shared_prefix=shared, seed=args.seed, max_duration_s=args.max_duration,
