@@ -203,8 +203,7 @@ _NOT_WITH_TRACE = (("scenario", None, "lengths come from the trace"), ("dataset"
 def trace_options(args: argparse.Namespace, rates: list[float]) -> dict[str, Any]:
     """The Workload fields and load levels of ``--trace``: one level per ``--time-scale`` (or per
     ``--concurrency`` cap when one time scale is given). Raises ValueError/SuiteError on a bad combination."""
-    from pytest_sglang_tune.loadgen.trace import load_trace, mean_rate, select
-    from pytest_sglang_tune.loadgen.workload import Load
+    from pytest_sglang_tune.loadgen.trace import load_trace, select, trace_loads
 
     for name, default, why in _NOT_WITH_TRACE:
         if getattr(args, name) != default:
@@ -222,13 +221,8 @@ def trace_options(args: argparse.Namespace, rates: list[float]) -> dict[str, Any
         raise ValueError(f"--max-requests {args.max_requests} must be at least 1")
     window = parse_window(args.window) if args.window else None
     reqs = select(load_trace(args.trace), window, args.max_requests)
-    loads = []
-    for ts in scales:
-        rate = mean_rate(reqs, ts)
-        loads += [Load(concurrency=c, request_rate=None if rate is None else float(f"{rate:.6g}"), time_scale=ts)
-                  for c in caps]
     return {"trace": str(args.trace), "time_scale": scales[0], "trace_window": window,
-            "max_requests": args.max_requests, "num_requests": len(reqs), "loads": loads}
+            "max_requests": args.max_requests, "num_requests": len(reqs), "loads": trace_loads(reqs, scales, caps)}
 
 
 def parse_window(spec: str) -> tuple[float, float | None]:

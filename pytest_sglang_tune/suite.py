@@ -413,7 +413,7 @@ def _trace_window(c: _Ctx, value: Any, i: int) -> tuple[float, float | None]:
 def _trace_workload(c: _Ctx, w: Mapping[str, Any], i: int, name: str, common: dict[str, Any]) -> Workload:
     """A trace replay. Its load levels are ``time_scale`` values (the trace's gaps times each), optionally capped
     by ``concurrency``; one of the two lists must be a single value."""
-    from pytest_sglang_tune.loadgen.trace import TraceError, load_trace, mean_rate, select
+    from pytest_sglang_tune.loadgen.trace import TraceError, load_trace, select, trace_loads
     from pytest_sglang_tune.loadgen.workload import FROM_DATASET
 
     trace = w.get("trace")
@@ -446,11 +446,7 @@ def _trace_workload(c: _Ctx, w: Mapping[str, Any], i: int, name: str, common: di
         if exc.field == "window":
             raise c.err(f"{exc.bare_message} (in {path})", "workloads", i, "window") from None
         raise c.err(str(exc), "workloads", i, "trace") from None
-    loads = []
-    for ts in scales:
-        rate = mean_rate(reqs, ts)
-        loads += [Load(concurrency=cap, request_rate=None if rate is None else float(f"{rate:.6g}"), time_scale=ts)
-                  for cap in caps]
+    loads = trace_loads(reqs, scales, caps)
     try:
         return Workload(name=name, input_len=FROM_DATASET, output_len=FROM_DATASET, num_requests=len(reqs),
                         loads=tuple(loads), trace=str(path), time_scale=scales[0], trace_window=window,

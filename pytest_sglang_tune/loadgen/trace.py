@@ -52,7 +52,7 @@ from pytest_sglang_tune.loadgen.prompts import (
     words,
 )
 from pytest_sglang_tune.loadgen.samples import PointResult
-from pytest_sglang_tune.loadgen.workload import Workload
+from pytest_sglang_tune.loadgen.workload import Load, Workload
 from pytest_sglang_tune.metrics import distribution
 
 BLOCK_TOKENS = 512
@@ -258,6 +258,18 @@ def mean_rate(requests: Sequence[TraceRequest], time_scale: float = 1.0) -> floa
     """Requests per second of the replay (``(n - 1) / span``); None when all are sent at once."""
     span = (requests[-1].offset_s - requests[0].offset_s) * time_scale if requests else 0.0
     return (len(requests) - 1) / span if span > 0 else None
+
+
+def trace_loads(requests: Sequence[TraceRequest], scales: Sequence[float],
+                caps: Sequence[int | None] = (None,)) -> list[Load]:
+    """A trace replay's load levels: one per ``time_scale`` × concurrency cap (``None``: no cap), each recording
+    the level's mean rate (6 significant digits) so reports order levels by intensity."""
+    out: list[Load] = []
+    for ts in scales:
+        rate = mean_rate(requests, ts)
+        out += [Load(concurrency=cap, request_rate=None if rate is None else float(f"{rate:.6g}"), time_scale=ts)
+                for cap in caps]
+    return out
 
 
 def implied_cached_tokens(requests: Sequence[TraceRequest], block: int = BLOCK_TOKENS) -> list[int]:
