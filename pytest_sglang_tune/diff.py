@@ -120,13 +120,14 @@ def comparability(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     for what in fo:
         if fo[what] and fn[what] and fo[what] != fn[what]:
             problems.append(f"{what} differs: {', '.join(sorted(fo[what]))} → {', '.join(sorted(fn[what]))}")
-    contents: dict[tuple[str, str], set[str]] = {}
+    contents: dict[tuple[str, str, str], set[str]] = {}
     for rep in (old, new):
         for r in rep.get("results") or []:
             w = r.get("workload") or {}
-            if isinstance(w, Mapping) and w.get("content_hash"):
-                contents.setdefault((str(r.get("suite")), str(w.get("name"))), set()).add(str(w["content_hash"]))
-    for (suite, wname), hashes in sorted(contents.items()):
+            if isinstance(w, Mapping) and w.get("content_hash"):  # per load level: a level may have its own
+                key = (str(r.get("suite")), str(w.get("name")), load_label(r.get("load")))  # (time_scale, counts)
+                contents.setdefault(key, set()).add(str(w["content_hash"]))
+    for (suite, wname, _), hashes in sorted(contents.items()):
         if len(hashes) > 1:
             problems.append(f"workload content differs for {suite}/{wname} "
                             f"(content hashes {', '.join(sorted(hashes))})")
