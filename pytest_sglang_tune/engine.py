@@ -48,6 +48,7 @@ class Measurement:
     confidence: dict[str, list[float]] = field(default_factory=dict)
     confidence_method: dict[str, Any] | None = None
     telemetry: dict[str, Any] | None = None
+    replay: dict[str, Any] | None = None  # a trace replay: achieved vs scheduled rate, send lag, cache hits
 
 
 @dataclass
@@ -198,8 +199,13 @@ class Engine:
         e2e = tuple(round(x, 6) for x in (s.e2e_s for s in point.samples if s.ok and not s.warmup)
                     if x is not None)
         warnings = (*point.warnings, *facts.warnings, *((telemetry or {}).get("warnings") or ()))
+        replay = None
+        if workload.trace:
+            from pytest_sglang_tune.loadgen.trace import replay_stats
+
+            replay = replay_stats(point, workload)
         return Measurement(metrics=metrics, warnings=warnings, e2e_s=e2e, server_metrics=point.server_metrics or None,
-                           confidence=confidence, confidence_method=method, telemetry=telemetry)
+                           confidence=confidence, confidence_method=method, telemetry=telemetry, replay=replay)
 
 
 def log_tail_of(exc: BaseException) -> str:

@@ -28,11 +28,17 @@ def new_result(*, nodeid: str, display_id: str, suite: Suite, cfg: TuneConfig, w
                load: Load, backend: str, sglang_version: str) -> Result:
     """The fields every result has, known before anything deploys."""
     point = Point(suite=suite.name, workload=workload.name, content_hash=workload.content_hash,
-                  concurrency=load.concurrency, request_rate=load.request_rate, config_id=cfg.config_id)
+                  concurrency=load.concurrency, request_rate=load.request_rate, config_id=cfg.config_id,
+                  time_scale=load.time_scale)
+    described: dict[str, Any] = {"endpoint": workload.endpoint, "num_requests": workload.num_requests}
+    if workload.trace:
+        from pytest_sglang_tune.loadgen.trace import trace_summary
+
+        described["trace"] = trace_summary(workload)
+    else:
+        described.update({"input_len": str(workload.input_len), "output_len": str(workload.output_len)})
     return Result(
-        point=point, test_id=nodeid, display_id=display_id, suite_file=str(suite.path),
-        workload={"endpoint": workload.endpoint, "input_len": str(workload.input_len),
-                  "output_len": str(workload.output_len), "num_requests": workload.num_requests},
+        point=point, test_id=nodeid, display_id=display_id, suite_file=str(suite.path), workload=described,
         server_args={k.lstrip("-"): v for k, v in cfg.server_args}, gpus_required=cfg.gpus, backend=backend,
         sglang_version=sglang_version, model=suite.model_path, tool_version=__version__,
         slos=tuple(str(s) for s in suite.slos), objective=str(suite.objective),
@@ -73,7 +79,7 @@ def combine_runs(runs: Sequence[Measurement], suite: Suite) -> tuple[Measurement
     combined = Measurement(
         metrics=combine_repeats(blocks), warnings=tuple(w for r in runs for w in r.warnings),
         e2e_s=tuple(x for r in runs for x in r.e2e_s), server_metrics=runs[-1].server_metrics,
-        telemetry=runs[-1].telemetry,
+        telemetry=runs[-1].telemetry, replay=runs[-1].replay,
         confidence=repeat_confidence(blocks, wanted_metrics(suite)),
         confidence_method={"method": METHOD_REPEATS, "repeats": len(runs)})
     repeats = {"n": len(runs), "redeploy": suite.redeploy,
@@ -98,6 +104,7 @@ def with_measurement(result: Result, m: Measurement, suite: Suite, gpus: int,
     return result.with_(metrics=metrics, confidence=confidence, confidence_method=m.confidence_method,
                         slo_results=slo_results, slo_pass=all(slo_results.values()), warnings=tuple(warnings),
                         e2e_s=m.e2e_s, server_metrics=m.server_metrics, repeats=repeats, telemetry=m.telemetry,
+                        replay=m.replay,
                         cost=Cost(usd_per_mtok=usd))
 
 

@@ -38,17 +38,23 @@ COST_KEYS: tuple[str, ...] = ("usd_per_mtok", "deploy_s", "measure_s", "gpu_s")
 
 
 def load_key(load: Mapping[str, Any] | None) -> LoadKey:
-    """Numeric sort key of a load level: by concurrency, then request rate (absent values first)."""
+    """Sort key and identity of a load level: by concurrency, then request rate (absent values first). A trace
+    replay's level is its ``time_scale`` (its mean rate depends on the trace's content, which an edited trace
+    changes), keyed as the speed-up ``1 / time_scale`` so that levels still sort by intensity."""
     load = load or {}
-    c, r = load.get("concurrency"), load.get("request_rate")
-    return ((c is not None, float(c or 0)), (r is not None, float(r or 0)))
+    c, r, ts = load.get("concurrency"), load.get("request_rate"), load.get("time_scale")
+    pace = (True, 1.0 / float(ts)) if ts else (r is not None, float(r or 0))
+    return ((c is not None, float(c or 0)), pace)
 
 
 def load_label(load: Mapping[str, Any] | None) -> str:
-    """``c64``, ``r2.5``, ``r4-c16`` (as ``Load.label``); ``-`` when the load is unknown."""
+    """``c64``, ``r2.5``, ``r4-c16``, a trace replay ``ts0.5`` (as ``Load.label``); ``-`` when unknown."""
     load = load or {}
     parts = []
-    if load.get("request_rate") is not None:
+    if load.get("time_scale") is not None:  # a trace replay: its request_rate is the replay's mean rate
+        scale = float(load["time_scale"])
+        parts.append(f"ts{int(scale) if scale.is_integer() else scale}")
+    elif load.get("request_rate") is not None:
         rate = float(load["request_rate"])
         parts.append(f"r{int(rate) if rate.is_integer() else rate}")
     if load.get("concurrency") is not None:
@@ -66,10 +72,14 @@ class Point:
     concurrency: int | None
     request_rate: float | None
     config_id: str
+    time_scale: float | None = None  # a trace replay's level (its request_rate is then the level's mean rate)
 
     @property
     def load(self) -> dict[str, Any]:
-        return {"concurrency": self.concurrency, "request_rate": self.request_rate}
+        load: dict[str, Any] = {"concurrency": self.concurrency, "request_rate": self.request_rate}
+        if self.time_scale is not None:
+            load["time_scale"] = self.time_scale
+        return load
 
     @property
     def load_key(self) -> LoadKey:
@@ -102,11 +112,12 @@ class Point:
         name, content = (w.get("name"), w.get("content_hash")) if isinstance(w, Mapping) else (w, None)
         raw_load = d.get("load")
         load: Mapping[str, Any] = raw_load if isinstance(raw_load, Mapping) else {}
-        conc, rate = load.get("concurrency"), load.get("request_rate")
+        conc, rate, scale = load.get("concurrency"), load.get("request_rate"), load.get("time_scale")
         return cls(suite=str(d.get("suite") or ""), workload="" if name is None else str(name),
                    content_hash=None if content is None else str(content),
                    concurrency=None if conc is None else int(conc),
-                   request_rate=None if rate is None else float(rate), config_id=str(d.get("config_id") or ""))
+                   request_rate=None if rate is None else float(rate), config_id=str(d.get("config_id") or ""),
+                   time_scale=None if scale is None else float(scale))
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,7 @@ class Result:
     baseline_metrics: Mapping[str, Any] | None = None
     cost: Cost = field(default_factory=Cost)
     telemetry: Mapping[str, Any] | None = None
+    replay: Mapping[str, Any] | None = None                      # a trace replay: how the schedule was kept
     trial: Mapping[str, Any] | None = None
     fidelity: str | None = None
     log_tail: str | None = None
@@ -226,6 +238,7 @@ class Result:
         optional = {"confidence": dict(self.confidence) or None, "confidence_method": self.confidence_method,
                     "e2e_s": list(self.e2e_s) or None, "server_metrics": self.server_metrics,
                     "repeats": self.repeats, "baseline_metrics": self.baseline_metrics, "log_tail": self.log_tail,
+                    "replay": self.replay,
                     "finished_at": self.finished_at, "resumed_from": self.resumed_from}
         out.update({k: v for k, v in optional.items() if v is not None})
         for k, v in self.extra.items():

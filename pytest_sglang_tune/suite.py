@@ -51,7 +51,16 @@ MODEL_FIELDS = ("path", "served_name")
 SERVER_FIELDS = ("fixed", "grid", "paired", "constraints")
 WORKLOAD_FIELDS = ("name", "scenario", "input_len", "output_len", "endpoint", "num_requests", "warmup_requests",
                    "concurrency", "request_rate", "shared_prefix", "seed", "max_duration_s", "dataset", "turns",
-                   "burstiness", "warmup_s", "cooldown_s")
+                   "burstiness", "warmup_s", "cooldown_s", "trace", "time_scale", "max_requests", "window")
+TRACE_FIELDS = ("trace", "time_scale", "max_requests", "window")
+NOT_WITH_TRACE: dict[str, str] = {
+    "scenario": "lengths come from the trace", "input_len": "lengths come from the trace",
+    "output_len": "lengths come from the trace", "dataset": "prompts come from the trace",
+    "shared_prefix": "shared content comes from the trace's hash_ids", "turns": "each trace line is one request",
+    "num_requests": "the trace's lines are the requests; use max_requests or window",
+    "request_rate": "arrivals come from the trace; scale them with time_scale",
+    "burstiness": "arrivals come from the trace; scale them with time_scale",
+}
 _BACKEND_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -296,11 +305,32 @@ def _num_list(c: _Ctx, value: Any, kind: str, *fld: str | int) -> list[Any]:
     return out
 
 
+def _common(c: _Ctx, w: Mapping[str, Any], i: int, suite_seed: Any) -> dict[str, Any]:
+    """The fields every kind of workload has: endpoint, seed, warmup, time windows, max_duration_s."""
+    endpoint = w.get("endpoint", "chat")
+    if endpoint not in ENDPOINTS:
+        raise c.err(f"endpoint {endpoint!r} is not valid; choose one of {', '.join(ENDPOINTS)}",
+                    "workloads", i, "endpoint")
+    out: dict[str, Any] = {"endpoint": endpoint}
+    for key in ("warmup_s", "cooldown_s"):
+        v = w.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise c.err(f"expected a number of seconds >= 0, got {v!r}", "workloads", i, key)
+        out[key] = float(v)
+    max_dur = w.get("max_duration_s")
+    out["max_duration_s"] = c.number(max_dur, "workloads", i, "max_duration_s") if max_dur is not None else None
+    out["seed"] = c.int_(w.get("seed", suite_seed), "workloads", i, "seed", minimum=0)
+    out["warmup_requests"] = c.int_(w.get("warmup_requests", 2), "workloads", i, "warmup_requests", minimum=0)
+    return out
+
+
 def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
     w = c.mapping(raw, "workloads", i, allowed=WORKLOAD_FIELDS)
     name = w.get("name") or f"workload{i}"
     if not isinstance(name, str) or not _WORKLOAD_NAME.match(name):
         raise c.err(f"workload name {name!r} must be letters, digits, '_', '-' or '.'", "workloads", i, "name")
+    if any(k in w for k in TRACE_FIELDS):
+        return _trace_workload(c, w, i, name, _common(c, w, i, suite_seed))
     dataset = w.get("dataset")
     if dataset is not None:
         if not isinstance(dataset, str) or not dataset.strip():
@@ -321,10 +351,8 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
             else LengthDist("D", 0.0)
     else:
         inp, out = _lengths(c, w, i)
-    endpoint = w.get("endpoint", "chat")
-    if endpoint not in ENDPOINTS:
-        raise c.err(f"endpoint {endpoint!r} is not valid; choose one of {', '.join(ENDPOINTS)}",
-                    "workloads", i, "endpoint")
+    common = _common(c, w, i, suite_seed)
+    endpoint = common["endpoint"]
     conc = w.get("concurrency")
     rate = w.get("request_rate")
     if conc is None and rate is None:
@@ -347,8 +375,6 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
         if inp.kind == "D" and sp.prefix_len >= inp.a:
             raise c.err(f"prefix_len {sp.prefix_len} must be shorter than the input length {int(inp.a)}",
                         "workloads", i, "shared_prefix", "prefix_len")
-    seed = w.get("seed", suite_seed)
-    max_dur = w.get("max_duration_s")
     nreq = w.get("num_requests", 64)
     per_load: tuple[int, ...] = ()
     if isinstance(nreq, list):
@@ -362,18 +388,63 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
         raise c.err(f"turns {turns} needs endpoint 'chat' (sessions carry the chat history), not {endpoint!r}",
                     "workloads", i, "turns")
     burst = c.number(w.get("burstiness", 1.0), "workloads", i, "burstiness")
-    windows = {}
-    for key in ("warmup_s", "cooldown_s"):
-        v = w.get(key, 0.0)
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            raise c.err(f"expected a number of seconds >= 0, got {v!r}", "workloads", i, key)
-        windows[key] = float(v)
     return Workload(
-        dataset=dataset, turns=turns, burstiness=burst, **windows,
+        dataset=dataset, turns=turns, burstiness=burst, **common,
         name=name, input_len=inp, output_len=out, num_requests_per_load=per_load,
         num_requests=c.int_(nreq, "workloads", i, "num_requests", minimum=1),
-        warmup_requests=c.int_(w.get("warmup_requests", 2), "workloads", i, "warmup_requests", minimum=0),
-        endpoint=endpoint, loads=tuple(loads), shared_prefix=sp,
-        seed=c.int_(seed, "workloads", i, "seed", minimum=0),
-        max_duration_s=c.number(max_dur, "workloads", i, "max_duration_s") if max_dur is not None else None,
+        loads=tuple(loads), shared_prefix=sp,
     )
+
+
+def _trace_window(c: _Ctx, value: Any, i: int) -> tuple[float, float | None]:
+    ok = isinstance(value, list) and len(value) == 2 and all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in value) and value[0] is not None
+    if ok and value[0] >= 0 and (value[1] is None or value[1] > value[0]):
+        return float(value[0]), None if value[1] is None else float(value[1])
+    raise c.err(f"window {value!r} must be [start_s, end_s]: seconds from the trace's first request, "
+                "0 <= start_s < end_s (end_s null: to the end of the trace)", "workloads", i, "window")
+
+
+def _trace_workload(c: _Ctx, w: Mapping[str, Any], i: int, name: str, common: dict[str, Any]) -> Workload:
+    """A trace replay. Its load levels are ``time_scale`` values (the trace's gaps times each), optionally capped
+    by ``concurrency``; one of the two lists must be a single value."""
+    from pytest_sglang_tune.loadgen.trace import TraceError, load_trace, select, trace_loads
+    from pytest_sglang_tune.loadgen.workload import FROM_DATASET
+
+    trace = w.get("trace")
+    if trace is None:
+        given = next(k for k in TRACE_FIELDS if k in w)
+        raise c.err(f"{given} needs trace (the path of a Mooncake .jsonl or Azure .csv trace)", "workloads", i, given)
+    if not isinstance(trace, str) or not trace.strip():
+        raise c.err(f"trace {trace!r} must be the path of a Mooncake .jsonl or Azure .csv trace", "workloads", i,
+                    "trace")
+    for key, why in NOT_WITH_TRACE.items():
+        if key in w:
+            raise c.err(f"{key} cannot be given with trace: {why}", "workloads", i, key)
+    path = Path(trace).expanduser()
+    if not path.is_absolute():
+        path = c.path.parent / path
+    if not path.is_file():
+        raise c.err(f"trace {trace!r} not found (looked for {path}; a relative path is relative to the suite "
+                    "file's directory)", "workloads", i, "trace")
+    scales = _num_list(c, w.get("time_scale", 1.0), "time_scale", "workloads", i, "time_scale")
+    caps = _num_list(c, w["concurrency"], "concurrency", "workloads", i, "concurrency") if "concurrency" in w \
+        else [None]
+    if len(scales) > 1 and len(caps) > 1:
+        raise c.err("with both time_scale and concurrency, one of them must be a single value (a trace replay's "
+                    "load levels are its time_scale values, or its concurrency caps)", "workloads", i)
+    window = _trace_window(c, w["window"], i) if w.get("window") is not None else None
+    max_req = c.int_(w["max_requests"], "workloads", i, "max_requests", minimum=1) if "max_requests" in w else None
+    try:
+        reqs = select(load_trace(path), window, max_req)
+    except TraceError as exc:
+        if exc.field == "window":
+            raise c.err(f"{exc.bare_message} (in {path})", "workloads", i, "window") from None
+        raise c.err(str(exc), "workloads", i, "trace") from None
+    loads = trace_loads(reqs, scales, caps)
+    try:
+        return Workload(name=name, input_len=FROM_DATASET, output_len=FROM_DATASET, num_requests=len(reqs),
+                        loads=tuple(loads), trace=str(path), time_scale=scales[0], trace_window=window,
+                        max_requests=max_req, **common)
+    except SuiteError as exc:
+        raise c.err(exc.bare_message, "workloads", i, exc.field or "trace") from None

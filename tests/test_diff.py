@@ -102,6 +102,22 @@ def test_refuses_different_setups(change: dict[str, str], message: str) -> None:
     assert any(message in w for w in res.warnings)
 
 
+def trace_level(cfg: str, time_scale: float, rate: float, content: str) -> dict[str, Any]:
+    r = result(cfg, 1000, 100, content=content)
+    r["load"] = {"concurrency": None, "request_rate": rate, "time_scale": time_scale}
+    return r
+
+
+def test_trace_levels_each_have_their_content_hash_and_an_edited_trace_is_refused() -> None:
+    # the content hash covers time_scale, so each level of a trace workload has its own: comparable with itself
+    levels = report(trace_level("a~1", 1.0, 3.9, "h1"), trace_level("a~1", 0.5, 7.8, "h05"))
+    assert diff_reports(levels, levels).changes
+    # the same levels of an edited trace (another hash, another mean rate): refused
+    edited = report(trace_level("a~1", 1.0, 4.1, "e1"), trace_level("a~1", 0.5, 8.2, "e05"))
+    with pytest.raises(IncomparableReports, match="workload content differs for s/chat"):
+        diff_reports(levels, edited)
+
+
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     old, new, other = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "other.json"
     old.write_text(json.dumps(OLD))

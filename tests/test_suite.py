@@ -140,7 +140,8 @@ def test_shipped_suites_are_valid() -> None:
     assert len(suites) >= 2
     for path in suites:
         exp = expand(load_suite(path))
-        assert len(exp.configs) >= 8, path
+        # the trace suite is kept to two configs: a replay takes the trace's own time
+        assert len(exp.configs) >= (2 if path.name == "tune_qwen8b_trace.yaml" else 8), path
 
 
 SHAREGPT = Path(__file__).parent / "fixtures" / "sharegpt_small.json"
@@ -189,6 +190,70 @@ def test_new_workload_fields_parse(tmp_path: Path) -> None:
 )
 def test_bad_new_workload_fields(tmp_path: Path, fields: str, message: str) -> None:
     path = write(tmp_path, f"model: m\nworkloads:\n  - {fields.replace('SG', str(SHAREGPT))}\n")
+    with pytest.raises(SuiteError) as excinfo:
+        load_suite(path)
+    assert message in str(excinfo.value)
+    assert f"{path}:3" in str(excinfo.value)
+
+
+# -- trace workloads ------------------------------------------------------------------------------------------
+
+TRACES = Path(__file__).resolve().parents[1] / "fixtures" / "traces"
+
+
+def test_trace_workloads_parse_with_time_scale_as_the_load_ladder(tmp_path: Path) -> None:
+    (tmp_path / "traces").mkdir()
+    for name in ("mooncake_synthetic_real20.jsonl", "azure_conv_real20.csv"):
+        (tmp_path / "traces" / name).write_bytes((TRACES / name).read_bytes())
+    path = write(tmp_path, """\
+        model: m
+        workloads:
+          - {name: moon, trace: traces/mooncake_synthetic_real20.jsonl, time_scale: [1, 0.5], window: [1, null],
+             max_requests: 10, endpoint: generate}
+          - {name: az, trace: traces/azure_conv_real20.csv, concurrency: [2, 8]}
+        """)
+    moon, az = load_suite(path).workloads
+    assert moon.trace == str(tmp_path / "traces" / "mooncake_synthetic_real20.jsonl")  # relative to the suite
+    assert (moon.trace_window, moon.max_requests, moon.num_requests) == ((1.0, None), 10, 10)
+    assert [ld.label() for ld in moon.loads] == ["ts1", "ts0.5"]
+    r1, r2 = (ld.request_rate for ld in moon.loads)
+    assert r1 is not None and r2 == pytest.approx(2 * r1, rel=1e-5)  # each level records its mean rate
+    levels = [moon.at_load(k) for k in range(2)]
+    assert [w.time_scale for w in levels] == [1.0, 0.5] and levels[0].content_hash != levels[1].content_hash
+    assert [ld.label() for ld in az.loads] == ["ts1-c2", "ts1-c8"] and az.num_requests == 20
+    assert az.at_load(0).content_hash == az.at_load(1).content_hash  # caps are load levels, not content
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ("{trace: nowhere.jsonl}", "workloads.0.trace: trace 'nowhere.jsonl' not found (looked for DIR/nowhere.jsonl; "
+         "a relative path is relative to the suite file's directory)"),
+        ("{trace: MOON, scenario: 'D(1,2)'}", "workloads.0.scenario: scenario cannot be given with trace: lengths come "
+         "from the trace"),
+        ("{trace: MOON, request_rate: [2]}", "workloads.0.request_rate: request_rate cannot be given with trace: "
+         "arrivals come from the trace; scale them with time_scale"),
+        ("{trace: MOON, num_requests: 5}", "workloads.0.num_requests: num_requests cannot be given with trace"),
+        ("{time_scale: 2, scenario: 'D(1,2)', concurrency: [1]}", "workloads.0.time_scale: time_scale needs trace"),
+        ("{trace: MOON, time_scale: [1, 0]}", "workloads.0.time_scale: expected a positive number, got 0"),
+        ("{trace: MOON, time_scale: [1, 2], concurrency: [1, 2]}", "workloads.0: with both time_scale and "
+         "concurrency, one of them must be a single value"),
+        ("{trace: MOON, window: [5, 2]}", "workloads.0.window: window [5, 2] must be [start_s, end_s]"),
+        ("{trace: MOON, window: [100, 200]}", "workloads.0.window: the window [100, 200) s holds no request; the "
+         "trace's requests lie between 0 and 4.608 s (in MOON)"),
+        ("{trace: MOON, max_requests: 0}", "workloads.0.max_requests: expected an integer >= 1, got 0"),
+        ("{trace: MOON, turns: 2}", "workloads.0.turns: turns cannot be given with trace"),
+        ("{trace: BAD}", "workloads.0.trace: BAD:2: timestamp: timestamp 1 is earlier than the line before (line 1)"),
+    ],
+)
+def test_bad_trace_workloads(tmp_path: Path, fields: str, message: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"timestamp": 5, "input_length": 3, "output_length": 1}\n'
+                   '{"timestamp": 1, "input_length": 3, "output_length": 1}\n')
+    names = {"MOON": str(TRACES / "mooncake_synthetic_real20.jsonl"), "BAD": str(bad), "DIR": str(tmp_path)}
+    for key, value in names.items():
+        fields, message = fields.replace(key, value), message.replace(key, value)
+    path = write(tmp_path, f"model: m\nworkloads:\n  - {fields}\n")
     with pytest.raises(SuiteError) as excinfo:
         load_suite(path)
     assert message in str(excinfo.value)

@@ -210,6 +210,8 @@ def build_requests(
     if endpoint not in PATHS:
         raise ValueError(f"workload {workload.name!r}: endpoint {endpoint!r} is not one of {', '.join(PATHS)}")
     cal = calibration or ChatCalibration()
+    if workload.trace is not None:
+        raise ValueError(f"workload {workload.name!r} replays a trace: its requests come from loadgen.trace")
     if workload.dataset is not None:
         return _dataset_requests(workload, model, count, stream, warmup, cal)
     sp = workload.shared_prefix

@@ -6,6 +6,8 @@ Load levels:
   with ``concurrency`` as well, at most that many are in flight and a released request waits for a free slot
   (``intended_send`` is the arrival time, ``sent`` when it really went out).
 * neither — everything at once.
+* a trace workload (``workload.trace``) — open loop on the trace's own arrival times (``trace.trace_offsets``:
+  its gaps times ``time_scale``), capped by ``concurrency`` when given.
 
 Open-loop gaps are gamma-distributed with shape ``workload.burstiness`` (1 = Poisson). With ``turns > 1`` the
 units sent are chat sessions (``sessions``): closed loop, a worker runs whole sessions; open loop, sessions
@@ -27,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,7 +37,6 @@ import aiohttp
 
 from pytest_sglang_tune.backends.base import Endpoint
 from pytest_sglang_tune.errors import SuiteError
-from pytest_sglang_tune.loadgen.arrivals import arrival_offsets
 from pytest_sglang_tune.loadgen.client import (
     SCRAPED_GAUGES,
     make_session,
@@ -51,11 +51,11 @@ from pytest_sglang_tune.loadgen.prompts import (
     VOCAB_CANDIDATES,
     VOCAB_PROBE_WORDS,
     ChatCalibration,
-    build_requests,
     probe_text,
     repeated,
 )
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
+from pytest_sglang_tune.loadgen.schedule import open_loop_offsets, requests_of
 from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, next_requested_input, session_samples, turn_body
 from pytest_sglang_tune.loadgen.windows import finish_point
 from pytest_sglang_tune.loadgen.workload import Load, Workload
@@ -153,7 +153,7 @@ class _Point:
                     samples.extend(ss)
                     units.append(functools.partial(self._session_unit, plans[u], ss, measured))
             else:
-                reqs = build_requests(wl, model, warmup=not measured, calibration=calibration)
+                reqs = requests_of(wl, model, warmup=not measured, calibration=calibration)
                 for u in self._mine(len(reqs)):
                     r = reqs[u]
                     sample = RequestSample(r.input_tokens, r.output_tokens, warmup=not measured)
@@ -199,7 +199,7 @@ class _Point:
             self._cpu0 = time.process_time()
             if self.workload.max_duration_s is not None:
                 self.send_until = t0 + self.workload.max_duration_s
-            if self.load.request_rate is not None:
+            if self.load.request_rate is not None or self.workload.trace is not None:
                 await self._open(units, self.load.request_rate, conc, t0)
             else:
                 await self._closed(units, conc or len(units), measured=True)
@@ -300,14 +300,10 @@ class _Point:
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(units))))))
 
-    async def _open(self, units: list[Callable[[], Awaitable[None]]], rate: float, cap: int | None,
+    async def _open(self, units: list[Callable[[], Awaitable[None]]], rate: float | None, cap: int | None,
                     t0: float) -> None:
-        wl = self.workload
         k, n = self.shard
-        total = wl.sessions if wl.turns > 1 else wl.num_requests
-        every = arrival_offsets(rate / wl.turns, total, random.Random(f"{wl.seed}:arrivals"),
-                                burstiness=wl.burstiness, exact=True)
-        offsets = every[k::n]
+        offsets = open_loop_offsets(self.workload, rate)[k::n]
         slots = asyncio.Semaphore(cap) if cap else None
 
         async def capped(i: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import random
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -102,27 +103,38 @@ class SharedPrefix:
 
 @dataclass(frozen=True)
 class Load:
-    """One load level: closed-loop ``concurrency``, open-loop ``request_rate`` (req/s), or both (rate capped)."""
+    """One load level: closed-loop ``concurrency``, open-loop ``request_rate`` (req/s), or both (rate capped).
+
+    A trace replay's level is its ``time_scale`` (the trace's gaps times it); its ``request_rate`` is then the
+    replay's mean rate, for the record and for ordering levels, not a Poisson rate.
+    """
 
     concurrency: int | None = None
     request_rate: float | None = None
+    time_scale: float | None = None
 
     def label(self) -> str:
-        """Short id fragment: ``c64``, ``r2.5``, ``r4-c16``."""
+        """Short id fragment: ``c64``, ``r2.5``, ``r4-c16``; a trace replay ``ts0.5`` or ``ts1-c32``."""
         parts = []
-        if self.request_rate is not None:
+        if self.time_scale is not None:
+            parts.append(f"ts{_num(self.time_scale)}")
+        elif self.request_rate is not None:
             parts.append(f"r{_num(self.request_rate)}")
         if self.concurrency is not None:
             parts.append(f"c{self.concurrency}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"concurrency": self.concurrency, "request_rate": self.request_rate}
+        d: dict[str, Any] = {"concurrency": self.concurrency, "request_rate": self.request_rate}
+        if self.time_scale is not None:
+            d["time_scale"] = self.time_scale
+        return d
 
 
 _NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "dataset": None, "turns": 1, "burstiness": 1.0, "warmup_s": 0.0, "cooldown_s": 0.0,
 }
+_TRACE_FIELDS: tuple[str, ...] = ("trace", "time_scale", "trace_window", "max_requests")
 FROM_DATASET = LengthDist("D", 0.0)  # a length taken from the dataset's records
 
 
@@ -147,16 +159,23 @@ def loads_from(concurrency: list[int], request_rate: list[float]) -> list[Load]:
 def dataset_digest(path: str) -> str:
     """``<file name>@<sha256 prefix of its bytes>``; the name alone when the file cannot be read."""
     p = Path(path)
+    sha = file_sha256(path)
+    return f"{p.name}@{sha[:12]}" if sha else p.name
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 (hex) of a file's bytes, cached by path, modification time and size; empty when unreadable."""
+    p = Path(path)
     try:
         st = p.stat()
-        return _digest(str(p.resolve()), st.st_mtime_ns, st.st_size)
+        return _sha256(str(p.resolve()), st.st_mtime_ns, st.st_size)
     except OSError:
-        return p.name
+        return ""
 
 
 @functools.lru_cache(maxsize=32)
-def _digest(path: str, mtime_ns: int, size: int) -> str:
-    return f"{Path(path).name}@{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,10 @@ class Workload:
     burstiness: float = 1.0          # open-loop arrivals: gamma shape (1 = Poisson, <1 burstier)
     warmup_s: float = 0.0            # leave out requests sent in the point's first seconds
     cooldown_s: float = 0.0          # leave out requests that end in the point's last seconds
+    trace: str | None = None         # a timestamped trace (path, ``loadgen.trace``): lengths, content and arrivals
+    time_scale: float = 1.0          # trace replay: the trace's gaps times this (0.5 = twice as fast)
+    trace_window: tuple[float, float | None] | None = None  # trace replay: [start_s, end_s) of the trace
+    max_requests: int | None = None  # trace replay: at most this many requests of the window
 
     def __post_init__(self) -> None:
         if self.turns < 1:
@@ -194,6 +217,28 @@ class Workload:
                 raise SuiteError(f"{name} {v!r} must be a number of seconds >= 0", field=name)
         if self.max_duration_s is not None and not self.max_duration_s > 0:
             raise SuiteError(f"max_duration_s {self.max_duration_s!r} must be positive", field="max_duration_s")
+        if self.trace is not None:
+            self._check_trace()
+
+    def _check_trace(self) -> None:
+        if not (self.time_scale > 0 and math.isfinite(self.time_scale)):
+            raise SuiteError(f"time_scale {self.time_scale!r} must be a positive number (the trace's gaps are "
+                             "multiplied by it: 0.5 replays twice as fast)", field="time_scale")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise SuiteError(f"max_requests {self.max_requests!r} must be at least 1", field="max_requests")
+        if self.trace_window is not None:
+            start, end = self.trace_window
+            if not start >= 0 or (end is not None and not end > start):
+                raise SuiteError(f"window {list(self.trace_window)!r} must be [start_s, end_s] with 0 <= start_s "
+                                 "< end_s (seconds from the trace's first request; end_s null: to the end)",
+                                 field="window")
+        for name in ("dataset", "shared_prefix"):
+            if getattr(self, name) is not None:
+                raise SuiteError(f"{name} cannot be combined with trace (the trace gives lengths and content)",
+                                 field=name)
+        if self.turns != 1:
+            raise SuiteError(f"turns {self.turns} cannot be combined with trace (each trace line is one request)",
+                             field="turns")
 
     @property
     def sessions(self) -> int:
@@ -203,7 +248,9 @@ class Workload:
     def at_load(self, index: int) -> Workload:
         """This workload narrowed to its ``index``-th load level (with that level's request count)."""
         n = self.num_requests_per_load[index] if self.num_requests_per_load else self.num_requests
-        return replace(self, loads=(self.loads[index],), num_requests=n, num_requests_per_load=())
+        load = self.loads[index]
+        scale = load.time_scale if load.time_scale is not None else self.time_scale
+        return replace(self, loads=(load,), num_requests=n, num_requests_per_load=(), time_scale=scale)
 
     def content_dict(self) -> dict[str, Any]:
         """Everything that defines the request stream (not the load levels, not the name)."""
@@ -215,6 +262,12 @@ class Workload:
                 d.pop(k)
         if self.dataset is not None:  # the file's content, not where it lies on this machine
             d["dataset"] = dataset_digest(self.dataset)
+        if self.trace is None:
+            for k in _TRACE_FIELDS:
+                d.pop(k)
+        else:  # the trace's bytes, never its path; with the window, time_scale and max_requests
+            d["trace"] = file_sha256(self.trace) or Path(self.trace).name
+            d["trace_window"] = list(self.trace_window) if self.trace_window is not None else None
         d["input_len"] = str(self.input_len)
         d["output_len"] = str(self.output_len)
         return d
