@@ -4,6 +4,7 @@
     sglang-tune validate SUITE...                  check suites and their SGLang flags without deploying
     sglang-tune diff OLD.json NEW.json [--fail-on 'output_throughput:-5%']   compare two runs
     sglang-tune bench --url URL --model M ...      benchmark a running server, write a report.json
+    sglang-tune predict SUITE [--gpu G] [--top K]  rank a suite's grid on the sim's virtual clock, GPU-h included
 
 Exit codes: 0 ok, 1 a suite or report problem, 2 usage error.
 """
@@ -50,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     dif.add_argument("--metric", action="append", default=[], help="metrics to compare (default: key metrics)")
     dif.add_argument("--html", type=Path, default=None, help="also write an HTML diff here")
     from pytest_sglang_tune.bench import add_parser as add_bench
+    from pytest_sglang_tune.predict.cli import add_parser as add_predict
 
     add_bench(sub)
+    add_predict(sub)
     return p
 
 
@@ -142,8 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pytest_sglang_tune.bench import run as run_bench
 
         return run_bench(args)
+    if args.command == "predict":
+        from pytest_sglang_tune.predict.cli import run as run_predict
+
+        return run_predict(args)
     parser.print_usage(sys.stderr)
-    print("sglang-tune: error: a command is required (report, validate, diff, bench)", file=sys.stderr)
+    print("sglang-tune: error: a command is required (report, validate, diff, bench, predict)", file=sys.stderr)
     return EXIT_USAGE
 
 

@@ -17,6 +17,7 @@ from pytest_sglang_tune.backends.local import LocalBackend, parse_launcher
 
 SIM_LAUNCHER = [sys.executable, "-m", "pytest_sglang_tune.sim"]
 DEFAULT_SIM_GPUS = 8
+DEFAULT_SIM_GPU = "h100_sxm"
 
 
 class SimBackend(LocalBackend):
@@ -42,19 +43,27 @@ class SimBackend(LocalBackend):
     def extra_env(self, spec: DeploymentSpec) -> dict[str, str]:
         env = super().extra_env(spec)
         env.pop("CUDA_VISIBLE_DEVICES", None)
-        env["SGLANG_SIM_GPU"] = str(spec.settings.get("gpu", "h100_sxm"))
-        env["SGLANG_SIM_NUM_GPUS"] = str(self.capacity().gpus)
-        if spec.settings.get("perf_model"):
-            env["SGLANG_SIM_PERF_MODEL"] = str(spec.settings["perf_model"])
-        version = spec.settings.get("sglang_version") or self.sglang_version
-        if version:
-            env["SGLANG_SIM_SGLANG_VERSION"] = str(version)
+        env.update(sim_env(spec.settings, num_gpus=self.capacity().gpus,
+                           sglang_version=spec.settings.get("sglang_version") or self.sglang_version))
         return env
 
     def deployment_info(self, spec: DeploymentSpec) -> dict[str, Any]:
-        return {"image": None, "image_digest": None, "sim_gpu": str(spec.settings.get("gpu", "h100_sxm"))}
+        return {"image": None, "image_digest": None, "sim_gpu": str(spec.settings.get("gpu", DEFAULT_SIM_GPU))}
 
 
 def make_backend(context: BackendContext) -> SimBackend:
     """The registry's factory for ``--backend=sim``."""
     return SimBackend(gpus=context.gpus, log_dir=context.log_dir)
+
+
+def sim_env(settings: Mapping[str, Any], *, num_gpus: int, sglang_version: str | None) -> dict[str, str]:
+    """The ``SGLANG_SIM_*`` settings of a sim deployment of a suite's ``backends.sim`` section (the suite's
+    ``env`` first): the one rule for the sim backend and for ``sglang-tune predict``."""
+    env = {str(k): str(v) for k, v in (settings.get("env") or {}).items()}
+    env["SGLANG_SIM_GPU"] = str(settings.get("gpu", DEFAULT_SIM_GPU))
+    env["SGLANG_SIM_NUM_GPUS"] = str(num_gpus)
+    if settings.get("perf_model"):
+        env["SGLANG_SIM_PERF_MODEL"] = str(settings["perf_model"])
+    if sglang_version:
+        env["SGLANG_SIM_SGLANG_VERSION"] = str(sglang_version)
+    return env

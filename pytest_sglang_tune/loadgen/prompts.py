@@ -22,9 +22,10 @@ own stream so the measured requests do not depend on the warmup count.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,7 @@ def words(rng: random.Random, n: int, vocab: Sequence[str] = WORDS) -> list[str]
     return [vocab[int(rng.random() * k)] for _ in range(n)]
 
 
+PROBE_WORDS_SHORT = 16  # the short probe of a fitted calibration
 VOCAB_PROBE_WORDS = 32  # repetitions of a candidate word in its probe
 VOCAB_CANDIDATES: tuple[str, ...] = WORDS[:48]
 
@@ -241,3 +243,22 @@ def build_requests(
             body = completions_body(model, ids, n_out) if endpoint == "completions" else generate_body(ids, n_out)
         out.append(PreparedRequest(PATHS[endpoint], _dumps(body), n_in, n_out, warmup))
     return out
+
+
+async def calibrate_chat(count: Callable[[str], Awaitable[int]],
+                         input_mean: float) -> tuple[ChatCalibration, str | None]:
+    """How a server counts chat prompts, from ``count(text)`` = the prompt tokens it serves for ``text`` as one user
+    message: exact when enough one-token words are verified, else a line fitted through two probes (with a
+    warning). The load generator asks a live server; ``sglang-tune predict`` asks the sim's tokenizer."""
+    one = await count("the")
+    many = await count(repeated("the", 33))
+    if many - one == 32:  # "the" is one token: the overhead is exact
+        overhead = one - 1
+        counts = await asyncio.gather(*(count(repeated(w, VOCAB_PROBE_WORDS)) for w in VOCAB_CANDIDATES))
+        vocab = tuple(w for w, c in zip(VOCAB_CANDIDATES, counts, strict=True) if c == overhead + VOCAB_PROBE_WORDS)
+        if len(vocab) >= 8:
+            return ChatCalibration(1.0, float(overhead), vocab), None
+    long = int(min(max(input_mean, 128), 4096))
+    probes = [(n, await count(probe_text(n))) for n in (PROBE_WORDS_SHORT, long)]
+    return (ChatCalibration.fit(probes),
+            "chat lengths are approximate: too few one-token words verified on this server")

@@ -46,14 +46,7 @@ from pytest_sglang_tune.loadgen.client import (
     stream_request,
 )
 from pytest_sglang_tune.loadgen.fastclient import LeanStreamer
-from pytest_sglang_tune.loadgen.prompts import (
-    PATHS,
-    VOCAB_CANDIDATES,
-    VOCAB_PROBE_WORDS,
-    ChatCalibration,
-    probe_text,
-    repeated,
-)
+from pytest_sglang_tune.loadgen.prompts import PATHS, ChatCalibration, calibrate_chat
 from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
 from pytest_sglang_tune.loadgen.schedule import open_loop_offsets, requests_of
 from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, next_requested_input, session_samples, turn_body
@@ -62,7 +55,6 @@ from pytest_sglang_tune.loadgen.workload import Load, Workload
 
 WATCHDOG_INTERVAL_S = 0.2
 GAUGE_INTERVAL_S = 1.0
-PROBE_WORDS_SHORT = 16
 PRECONNECT_MAX = 4096
 
 
@@ -335,26 +327,14 @@ class _Point:
     async def _calibrate(self) -> ChatCalibration:
         session, endpoint = self.session(), self.endpoint
         try:
-            one = await probe_prompt_tokens(session, endpoint, "the")
-            many = await probe_prompt_tokens(session, endpoint, repeated("the", 33))
-            if many - one == 32:  # "the" is one token: the overhead is exact
-                overhead = one - 1
-                counts = await asyncio.gather(*(
-                    probe_prompt_tokens(session, endpoint, repeated(w, VOCAB_PROBE_WORDS)) for w in VOCAB_CANDIDATES
-                ))
-                vocab = tuple(w for w, c in zip(VOCAB_CANDIDATES, counts, strict=True)
-                              if c == overhead + VOCAB_PROBE_WORDS)
-                if len(vocab) >= 8:
-                    return ChatCalibration(1.0, float(overhead), vocab)
-            long = int(min(max(self.workload.input_len.mean, 128), 4096))
-            probes: list[tuple[int, int]] = []
-            for n in (PROBE_WORDS_SHORT, long):
-                probes.append((n, await probe_prompt_tokens(session, endpoint, probe_text(n))))
+            calibration, warning = await calibrate_chat(
+                functools.partial(probe_prompt_tokens, session, endpoint), self.workload.input_len.mean)
         except (aiohttp.ClientError, RuntimeError, ValueError, TimeoutError) as exc:
             self.warnings.append(f"chat length calibration failed ({exc}); assuming 1 token per word")
             return ChatCalibration()
-        self.warnings.append("chat lengths are approximate: too few one-token words verified on this server")
-        return ChatCalibration.fit(probes)
+        if warning:
+            self.warnings.append(warning)
+        return calibration
 
     async def _scrape(self, session: aiohttp.ClientSession) -> dict[str, float]:
         try:

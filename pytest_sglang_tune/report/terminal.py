@@ -76,3 +76,52 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
             text = ", ".join(f"{n} {s}" for s, n in sorted(unranked.items()))
             lines.append(f"{suite}: not ranked: {text} (reasons in report.html)")
     return lines
+
+
+def prediction_lines(prediction: Any, ranking: list[dict[str, Any]], top: int = 3) -> list[str]:
+    """``sglang-tune predict``'s output: per workload × load the predicted best configs with the SLO metrics,
+    the configs predicted infeasible, and the GPU-hours of measuring the whole grid for real."""
+    from pytest_sglang_tune.results import load_label
+
+    suite = prediction.suite
+    metrics: list[Metric] = []
+    for s in suite.slos:
+        if s.metric not in metrics:
+            metrics.append(s.metric)
+    by_slot = {(r.point.workload, r.point.load_key, r.point.config_id): r for r in prediction.results}
+    feasible = [c for c in prediction.configs if not c.infeasible]
+    lines = [f"sglang-tune predict {suite.name} on {prediction.gpu} (virtual clock, {prediction.elapsed_s:.1f} s): "
+             f"{len(prediction.configs)} configs, {len(feasible)} predicted feasible · objective {suite.objective}"]
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for e in ranking:
+        groups.setdefault((e["workload"], json_key(e["load"])), []).append(e)
+    for (workload, _), entries in groups.items():
+        lines.append(f"{workload} @ {load_label(entries[0]['load'])}")
+        shown = entries[:top]
+        width = max(len(by_slot[(workload, _lk(e), e['config_id'])].display_id or "") for e in shown)
+        for e in shown:
+            r = by_slot[(workload, _lk(e), e["config_id"])]
+            mark = f"{e['rank']}{'=' if e.get('tied') else '.'}"
+            vals = "  ".join(f"{m}={fmt(m.value(dict(r.metrics or {})))}" for m in metrics[:_MAX_METRICS])
+            slo = "SLO pass" if e["slo_pass"] else "SLO MISS"
+            lines.append(f"  {mark:>3} {r.display_id or e['config_id']:<{width}}  score {fmt(e['score']):>9}  {slo}"
+                         + (f"  {vals}" if vals else ""))
+        if len(entries) > top:
+            lines.append(f"      … {len(entries) - top} more")
+    for c in prediction.configs:
+        if c.infeasible:
+            lines.append(f"infeasible: {c.config.display or c.config.config_id}: {c.infeasible}")
+    hours = prediction.grid_gpu_s / 3600.0
+    lines.append(f"measuring the whole grid for real would take ~{hours:.2f} GPU-h on {prediction.gpu} (predicted: "
+                 "deploy time per config from sim/startup.py, measurement from the virtual clock)")
+    return lines
+
+
+def json_key(load: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={load.get(k)}" for k in sorted(load))
+
+
+def _lk(entry: Mapping[str, Any]) -> Any:
+    from pytest_sglang_tune.results import load_key
+
+    return load_key(entry.get("load"))

@@ -24,6 +24,7 @@ artificial CPU time per step).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,19 +149,29 @@ def parse_server_args(
 
     argparse errors exit with code 2, as ``sglang.launch_server`` does.
     """
+    parser, probe, table_version = _parsers(version, prog)
+    values = vars(parser.parse_args(list(argv)))
+    given = {k for k, v in vars(probe.parse_args(list(argv))).items() if v is not _UNSET}
+    return values, given, table_version
+
+
+_UNSET = object()
+
+
+@functools.lru_cache(maxsize=8)
+def _parsers(version: str | None, prog: str) -> tuple[Any, Any, str]:
+    """(the version's parser, a twin whose defaults are a sentinel: which flags were given, the table's version);
+    built once per version (``sglang-tune predict`` parses hundreds of configs)."""
     from pytest_sglang_tune.flags import load_flag_table
 
     table = load_flag_table(version)
     parser = table.build_parser(prog)
-    values = vars(parser.parse_args(list(argv)))
     probe = table.build_parser(prog)
-    unset = object()
     for action in probe._actions:
         if action.dest != "help":
-            action.default = unset
+            action.default = _UNSET
             action.required = False
-    given = {k for k, v in vars(probe.parse_args(list(argv))).items() if v is not unset}
-    return values, given, table.version
+    return parser, probe, table.version
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pytest_sglang_tune.sim.engine import Engine
 from pytest_sglang_tune.sim.loader import Loaded, build_engine, start_loading
 from pytest_sglang_tune.sim.metrics import SimMetrics
 from pytest_sglang_tune.sim.perf import PerfModel, StepShape, perf_model_info
+from pytest_sglang_tune.sim.startup import predicted_startup_s
 from pytest_sglang_tune.sim.tokenizer import OutputPlan, SimTokenizer
 
 __all__ = ["Handle", "SimServer", "json_response"]
@@ -307,6 +308,7 @@ class SimServer:
             "cuda_graph_batch_sizes": list(cfg.graph_batch_sizes),
             "step_time_ms": self.step_time_samples(),
             "not_modelled": [*cfg.not_modelled, *ALWAYS_NOT_MODELLED],
+            "startup_s_predicted": predicted_startup_s(cfg),  # what a real server would take (sim/startup.py)
             "not_modelled_flags": list(cfg.not_modelled),
             "lag": self.lag_info(),
             "ready_after_s": round(self.ready_after_s, 3) if self.ready_after_s is not None else None,

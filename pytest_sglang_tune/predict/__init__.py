@@ -1,0 +1,1 @@
+"""Predictions on the sim's virtual clock: one point (:mod:`.point`), a whole suite (:mod:`.grid`)."""
