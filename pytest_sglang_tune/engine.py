@@ -35,6 +35,9 @@ class Live:
     sglang_version: str | None
     facts: ServerFacts
     points: int = 0
+    deploy_s: float = 0.0          # start → ready: wall seconds, or a simulated server's virtual start-up
+    virtual: bool = False          # GPU time of a simulated server: what the same run would cost on its GPU
+    gpus: int = 1
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,10 @@ class Measurement:
     confidence: dict[str, list[float]] = field(default_factory=dict)
     confidence_method: dict[str, Any] | None = None
     telemetry: dict[str, Any] | None = None
-    replay: dict[str, Any] | None = None  # a trace replay: achieved vs scheduled rate, send lag, cache hits
+    replay: dict[str, Any] | None = None
+    deploy_s: float = 0.0          # charged to the first point of a deployment
+    measure_s: float = 0.0         # flush + warm-up + measurement
+    virtual: bool = False  # a trace replay: achieved vs scheduled rate, send lag, cache hits
 
 
 @dataclass
@@ -109,6 +115,7 @@ class Engine:
         leases = GpuLeases(self.lease_dir, total)
         lease = leases.acquire(cfg.gpus, owner=f"{cfg.suite}/{cfg.config_id}", busy=self.backend.busy_devices)
         deployment = None
+        t_start = time.monotonic()
         try:
             spec = DeploymentSpec(
                 suite=suite.name, config_id=cfg.config_id, model_path=suite.model_path,
@@ -129,8 +136,11 @@ class Engine:
             lease.release()
             raise
         version = info.get("version") if isinstance(info.get("version"), str) else None
-        self.live = Live(key, deployment, lease, info, ready_s, version or table.version,
-                         self.backend.server_facts(info))
+        facts = self.backend.server_facts(info)
+        virtual = facts.startup_s is not None
+        deploy_s = facts.startup_s if facts.startup_s is not None else time.monotonic() - t_start
+        self.live = Live(key, deployment, lease, info, ready_s, version or table.version, facts,
+                         deploy_s=round(deploy_s, 3), virtual=virtual, gpus=cfg.gpus)
         return self.live
 
     def release(self) -> None:
@@ -167,8 +177,10 @@ class Engine:
         from pytest_sglang_tune.metrics import point_intervals, summarize
         from pytest_sglang_tune.readiness import flush_and_drain, get_server_info
 
+        t_start = time.monotonic()
         if live.points:
             flush_and_drain(live.deployment)
+        deploy_s = live.deploy_s if not live.points else 0.0  # the deployment is charged to its first point
         live.points += 1
         check = self.watchdog(live)
         sampler = self.backend.telemetry_sampler(live.deployment)  # GPU telemetry, outside the client's process
@@ -205,7 +217,8 @@ class Engine:
 
             replay = replay_stats(point, workload)
         return Measurement(metrics=metrics, warnings=warnings, e2e_s=e2e, server_metrics=point.server_metrics or None,
-                           confidence=confidence, confidence_method=method, telemetry=telemetry, replay=replay)
+                           confidence=confidence, confidence_method=method, telemetry=telemetry, replay=replay,
+                           deploy_s=deploy_s, measure_s=round(time.monotonic() - t_start, 3), virtual=live.virtual)
 
 
 def log_tail_of(exc: BaseException) -> str:

@@ -79,7 +79,8 @@ def combine_runs(runs: Sequence[Measurement], suite: Suite) -> tuple[Measurement
     combined = Measurement(
         metrics=combine_repeats(blocks), warnings=tuple(w for r in runs for w in r.warnings),
         e2e_s=tuple(x for r in runs for x in r.e2e_s), server_metrics=runs[-1].server_metrics,
-        telemetry=runs[-1].telemetry, replay=runs[-1].replay,
+        telemetry=runs[-1].telemetry, replay=runs[-1].replay, deploy_s=sum(r.deploy_s for r in runs),
+        measure_s=sum(r.measure_s for r in runs), virtual=runs[-1].virtual,
         confidence=repeat_confidence(blocks, wanted_metrics(suite)),
         confidence_method={"method": METHOD_REPEATS, "repeats": len(runs)})
     repeats = {"n": len(runs), "redeploy": suite.redeploy,
@@ -105,7 +106,8 @@ def with_measurement(result: Result, m: Measurement, suite: Suite, gpus: int,
                         slo_results=slo_results, slo_pass=all(slo_results.values()), warnings=tuple(warnings),
                         e2e_s=m.e2e_s, server_metrics=m.server_metrics, repeats=repeats, telemetry=m.telemetry,
                         replay=m.replay,
-                        cost=Cost(usd_per_mtok=usd))
+                        cost=Cost(usd_per_mtok=usd, deploy_s=m.deploy_s, measure_s=m.measure_s,
+                                  gpu_s=round((m.deploy_s + m.measure_s) * gpus, 3), virtual=m.virtual))
 
 
 def resume_key(result: Result) -> tuple[Any, ...]:

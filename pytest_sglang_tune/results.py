@@ -34,7 +34,7 @@ DEPLOYMENT_KEYS: tuple[str, ...] = (
     "launch_command", "image", "image_digest", "gpus_used", "ready_s", "endpoint_url", "endpoint_mode",
     "inference_service", "namespace", "node", "pod", "container", "sim", "manifest",
 )
-COST_KEYS: tuple[str, ...] = ("usd_per_mtok", "deploy_s", "measure_s", "gpu_s")
+COST_KEYS: tuple[str, ...] = ("usd_per_mtok", "deploy_s", "measure_s", "gpu_s", "virtual")
 
 
 def load_key(load: Mapping[str, Any] | None) -> LoadKey:
@@ -122,13 +122,15 @@ class Point:
 
 @dataclass(frozen=True)
 class Cost:
-    """What a result cost: ``usd_per_mtok`` (with a GPU-hour price), seconds to deploy and to measure, and GPU
-    seconds held (wall seconds the deployment held × GPUs). Filled by later issues; all null until then."""
+    """What a result cost: ``usd_per_mtok`` (with a GPU-hour price), seconds to deploy (charged to the first
+    point of a deployment) and to measure (flush, warm-up, measurement), and GPU seconds held ((deploy + measure)
+    × GPUs). ``virtual``: a simulated server's figures — its predicted start-up and its own clock."""
 
     usd_per_mtok: float | None = None
     deploy_s: float | None = None
     measure_s: float | None = None
     gpu_s: float | None = None
+    virtual: bool | None = None  # True: a simulated server's figures (what the run would cost on its GPU)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in COST_KEYS}

@@ -65,6 +65,7 @@ class TuneSession:
     _machine: dict[str, Any] | None = None
     _introspected: dict[str, Any] = field(default_factory=dict)
     _closed: bool = False
+    grid_gpu_s: float | None = None  # what measuring every config would cost (predicted), when a search knows it
 
     @property
     def run_dir(self) -> Path:

@@ -98,6 +98,7 @@ class ServerFacts:
     perf_model: dict[str, Any] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    startup_s: float | None = None  # a simulated server: how long a real one would take to start (virtual)
 
 
 class Backend:
@@ -213,5 +214,7 @@ def sim_facts(server_info: Mapping[str, Any]) -> ServerFacts:
     flags = sim.get("not_modelled_flags", sim.get("not_modelled"))  # the flags only, not the sim's general limits
     if flags:
         warnings.append("flags not modelled by the sim (accepted, no effect): " + ", ".join(map(str, flags)))
+    startup = sim.get("startup_s_predicted")
     return ServerFacts(perf_model=perf_model_of(sim.get("perf_model")),
-                       facts={"sim": {k: sim[k] for k in keep if k in sim}}, warnings=tuple(warnings))
+                       facts={"sim": {k: sim[k] for k in keep if k in sim}}, warnings=tuple(warnings),
+                       startup_s=float(startup) if isinstance(startup, int | float) else None)

@@ -141,7 +141,7 @@ def predict_config(suite: Suite, cfg: TuneConfig, table: Any, env: dict[str, str
             result = result.with_(status="passed", perf_model=vs.perf_model,
                                   cost=Cost(usd_per_mtok=result.cost.usd_per_mtok, deploy_s=out.deploy_s,
                                             measure_s=round(measure_s, 3),
-                                            gpu_s=round(measure_s * cfg.gpus, 3)))
+                                            gpu_s=round(measure_s * cfg.gpus, 3), virtual=True))
             out.results.append(result)
     return out
 

@@ -27,6 +27,7 @@ from pytest_sglang_tune.report.html_tables import (
 )
 from pytest_sglang_tune.report.html_telemetry import CSS as TELEMETRY_CSS
 from pytest_sglang_tune.report.html_telemetry import load_section
+from pytest_sglang_tune.report.terminal import gpu_hours_text
 from pytest_sglang_tune.results import perf_model_text
 
 __all__ = ["esc", "render_html"]
@@ -167,10 +168,11 @@ def _manifest(report: Mapping[str, Any]) -> list[str]:
         ("Command", command_text(run.get("argv"))),
         ("Repeats", ", ".join(repeats)), ("Confidence", methods or None), ("Ties", ties),
         ("Results", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"),
+        ("GPU time", gpu_hours_text(run.get("gpu_hours"))),
         ("report.json schema", report.get("schema_version")),
     ]
     known = {"id", "started_at", "finished_at", "backend", "gpus", "gpus_source", "argv", "machine",
-             "exit_status", "interrupted", "tie_margin"}
+             "exit_status", "interrupted", "tie_margin", "gpu_hours"}
     rows += [(k, v if isinstance(v, (str, int, float)) else repr(v)) for k, v in run.items() if k not in known]
     out = ['<section id="manifest"><h2>Run manifest</h2>', _kv(rows)]
     out += [f'<div class="warn">{esc(w)}</div>' for w in report.get("warnings") or []]

@@ -82,6 +82,7 @@ def write_run_report(session: Any, exitstatus: int) -> dict[str, Path]:
     if cap is not None and not cap.checked:  # the backend could not count (e.g. ome without node rights)
         run["machine"] = {**run["machine"], "gpus": "unknown"}
     unique = dedupe(list(session.results))
+    run["gpu_hours"] = gpu_hours(unique, session.grid_gpu_s)
     ranking = config.hook.pytest_sglang_tune_rank(config=config, results=[r.to_dict() for r in unique],
                                                   objectives=suite_objectives(suites))
     report = build_report(run=run, results=session.results, suites=suites, ranking=ranking,
@@ -107,3 +108,12 @@ def pytest_sglang_tune_rank(config: pytest.Config, results: list[dict[str, Any]]
     from pytest_sglang_tune.stash import get_session
 
     return rank(results, objectives, margin=get_session(config).options.tie_margin)
+
+
+def gpu_hours(results: list[Result], grid_gpu_s: float | None = None) -> dict[str, Any]:
+    """``run.gpu_hours``: GPU-hours the run's deployments held (``spent``), whether they are a simulated server's
+    virtual figures, and what measuring the whole grid would cost (``grid_predicted``, from ``predict``; None when
+    not predicted)."""
+    spent = sum(r.cost.gpu_s or 0.0 for r in results)
+    return {"spent": round(spent / 3600.0, 6), "virtual": any(bool(r.cost.virtual) for r in results),
+            "grid_predicted": None if grid_gpu_s is None else round(grid_gpu_s / 3600.0, 6)}

@@ -45,6 +45,8 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
     gpus = "?" if run.get("gpus") is None else run["gpus"]
     head = f"sglang-tune run {run.get('id') or '?'} (backend {backend}, GPUs {gpus})"
     lines = [f"{head}: {total} results" + (f": {count_text}" if count_text else "")]
+    if (gh := gpu_hours_text(run.get("gpu_hours"))) is not None:
+        lines.append(gh)
     lines += [f"warning: {w}" for w in report.get("warnings") or []]
     for suite in suite_names(report):
         metrics = _slo_metrics(report, suite)
@@ -125,3 +127,14 @@ def _lk(entry: Mapping[str, Any]) -> Any:
     from pytest_sglang_tune.results import load_key
 
     return load_key(entry.get("load"))
+
+
+def gpu_hours_text(gpu_hours: Any) -> str | None:
+    """``GPU time: spent 0.42 GPU-h; the full grid would have cost ~1.9 GPU-h (predicted)`` (virtual on the sim)."""
+    if not isinstance(gpu_hours, Mapping) or gpu_hours.get("spent") is None:
+        return None
+    virtual = " (virtual: what these runs would hold on the simulated GPU)" if gpu_hours.get("virtual") else ""
+    text = f"GPU time: spent {float(gpu_hours['spent']):.3g} GPU-h{virtual}"
+    if gpu_hours.get("grid_predicted") is not None:
+        text += f"; the full grid would have cost ~{float(gpu_hours['grid_predicted']):.3g} GPU-h (predicted)"
+    return text

@@ -80,6 +80,18 @@ def test_pipeline_end_to_end(pytester: pytest.Pytester) -> None:
         assert res["perf_model"] and res["launch_command"].count("--schedule-policy") <= 1
         assert res["sglang_version"] == "0.5.23"
     assert {r["load"]["concurrency"] for r in report["ranking"]} == {1, 4}
+    # GPU-time accounting: the sim's virtual figures (its predicted start-up, its clock), deploy on first points
+    for res in report["results"]:
+        cost = res["cost"]
+        first = res["load"]["concurrency"] == 1  # each config's c1 point comes first on its deployment
+        assert cost["virtual"] is True and cost["measure_s"] > 0
+        assert (cost["deploy_s"] > 30) if first else cost["deploy_s"] == 0
+        assert cost["gpu_s"] == pytest.approx((cost["deploy_s"] + cost["measure_s"]) * res["gpus_required"], abs=0.01)
+    spent = sum(r["cost"]["gpu_s"] for r in report["results"]) / 3600
+    assert report["run"]["gpu_hours"] == {"spent": pytest.approx(spent, abs=1e-5), "virtual": True,
+                                         "grid_predicted": None}
+    result.stdout.fnmatch_lines(["*GPU time: spent * GPU-h (virtual: what these runs would hold on the simulated "
+                                 "GPU)*"])
     c4 = [r for r in report["ranking"] if r["load"]["concurrency"] == 4]
     assert [r["rank"] for r in c4] in ([1, 2], [1, 1])  # lpm and fcfs may be tied without shared prefixes
     assert all(r["tied"] for r in c4) == (c4[1]["rank"] == 1)
