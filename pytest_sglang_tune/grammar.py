@@ -35,12 +35,13 @@ SCALAR_METRICS: dict[str, str] = {
     "completed": "completed requests",
     "failed": "failed requests",
     "cost_per_mtok": "GPU cost per million output tokens (needs a GPU-hour price)",
+    "max_load": "highest load (concurrency or req/s) sustained within every SLO (a workload's load search)",
 }
 STATS: tuple[str, ...] = ("mean", "p50", "p90", "p95", "p99")
 # Per-request SLOs: the ones goodput checks request by request (TTFT, ITL, E2E and TPOT of one request).
 PER_REQUEST_METRICS: tuple[str, ...] = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
 HIGHER_IS_BETTER = {"output_throughput", "output_throughput_per_gpu", "input_throughput",
-                    "request_throughput", "goodput", "completed"}
+                    "request_throughput", "goodput", "completed", "max_load"}
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_sglang_tune.errors import CapacityError, InfeasibleConfig, TuneError, TuneWarning
+from pytest_sglang_tune.itemkit import TuneItem, missed_worsening, note_error, short_failure
 from pytest_sglang_tune.points import (
     combine_runs,
     interval_seed,
@@ -43,13 +44,6 @@ def check_priced(suite: Any) -> None:
                           "the suite's gpu_hour_price (e.g. gpu_hour_price: 2.5)", field)
 
 
-def short_failure(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
-    """``ErrorClass: message`` for the errors of this tool (they explain themselves), else None."""
-    if isinstance(excinfo.value, TuneError):
-        return f"{type(excinfo.value).__name__}: {excinfo.value}"
-    return None
-
-
 class SuiteFile(pytest.File):
     """A ``tune_*.yaml`` suite: one test item per (config × workload × load level)."""
 
@@ -67,6 +61,11 @@ class SuiteFile(pytest.File):
         exp = expand(suite, session.flag_table_for(suite))
         configs = list(exp.configs)
         self.config.hook.pytest_sglang_tune_modify_space(config=self.config, suite=suite, configs=configs)
+        if session.options.search != "grid":
+            from pytest_sglang_tune.search.items import trial_items
+
+            yield from trial_items(self, session.search_setup(suite, configs, exp))
+            return
         for cfg in configs:
             for wl in suite.workloads:
                 for index, load in enumerate(wl.loads):
@@ -77,7 +76,7 @@ class SuiteFile(pytest.File):
         return short_failure(excinfo) or super().repr_failure(excinfo)
 
 
-class SuiteItem(pytest.Item):
+class SuiteItem(TuneItem):
     """One point: a configuration of the suite's server space, one workload, one load level."""
 
     def __init__(self, *, suite: Any, cfg: Any, workload: Any, load: Any, table: Any, **kwargs: Any) -> None:
@@ -112,6 +111,11 @@ class SuiteItem(pytest.Item):
         if self.capacity_problem:
             raise CapacityError(self.capacity_problem + " (--sglang-require-capacity makes this an error)",
                                 config_id=self.cfg.config_id)
+        missed = self.session_owner.missed.get((self.suite.name, self.cfg.config_id, self.workload.name))
+        if self.session_owner.options.early_stop and missed is not None:
+            reason = f"skipped: SLO already missed at {missed} (--sglang-early-stop)"
+            self.stash[ERROR] = {"status": "not_measured", "reason": reason, "log_tail": ""}
+            pytest.skip(reason)
         engine = self.session_owner.engine
         try:
             live = engine.ensure(self.suite, self.cfg, self.table)
@@ -150,6 +154,9 @@ class SuiteItem(pytest.Item):
         if not metrics.get("completed"):
             raise TuneError(f"no request completed ({metrics.get('failed')} failed); "
                             f"errors: {', '.join(measurement.warnings) or 'see the server log'}")
+        key = (self.suite.name, self.cfg.config_id, self.workload.name)
+        if missed_worsening(self.result, self.suite.slos):
+            self.session_owner.missed.setdefault(key, self.load.label())
         self.result, failures = self.session_owner.check_baseline(self.result)
         if failures:
             pytest.fail("; ".join(failures), pytrace=False)
@@ -158,34 +165,12 @@ class SuiteItem(pytest.Item):
             pytest.fail("SLO missed (--sglang-strict-slo): " + "; ".join(
                 f"{s} (measured {_measured(metrics, s)})" for s in missed), pytrace=False)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        return short_failure(excinfo) or super().repr_failure(excinfo)
-
-    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        # setup/teardown failures are rendered here (not by repr_failure): our errors already say it all
-        if style != "long" and (text := short_failure(excinfo)):
-            return text
-        return super()._repr_failure_py(excinfo, style=style)
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"{self.suite.name}::{self.name}"
-
 
 def _measured(metrics: dict[str, Any], slo_text: str) -> Any:
     from pytest_sglang_tune.grammar import parse_slo
 
     v = parse_slo(slo_text).metric.value(metrics)
     return "n/a" if v is None else round(v, 3)
-
-
-def note_error(node: pytest.Item, exc: BaseException) -> None:
-    """Keep what our own error says (status, reason, log tail) for the session owner's record of the point."""
-    from pytest_sglang_tune.engine import log_tail_of
-
-    if isinstance(exc, TuneError):
-        kind = "infeasible" if isinstance(exc, InfeasibleConfig) else "error"
-        msg = getattr(exc, "bare_message", str(exc))
-        node.stash[ERROR] = {"status": kind, "reason": f"{type(exc).__name__}: {msg}", "log_tail": log_tail_of(exc)}
 
 
 def config_key_of(item: pytest.Item | None) -> tuple[str, str] | None:

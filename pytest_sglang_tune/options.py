@@ -53,6 +53,11 @@ class Options:
     ome_url: str = "auto"
     sweep: bool = False
     prometheus_url: str | None = None         # ome: DCGM exporter series for GPU telemetry
+    # search (see pytest_sglang_tune.search)
+    search: str = "grid"
+    budget: Any = None                        # search.budget.Budget
+    early_stop: bool = False                  # grid: skip a config's higher loads once an SLO is missed
+    predict_gpu: str | None = None            # the sim GPU to predict for (docker/local/ome)
 
     def apply(self, suite: Any) -> Any:
         """The suite as this run sees it: command-line SLOs/objective/price/repeats override the suite's."""
@@ -194,7 +199,34 @@ def parse_options(config: pytest.Config, known_backends: tuple[str, ...], extens
         ome_url=config.getoption("sglang_ome_url") or "auto",
         sweep=bool(config.getoption("sglang_sweep")),
         prometheus_url=_opt(config, "sglang_prometheus_url", "sglang_prometheus_url") or None,
+        **parse_search_options(config),
     )
+
+
+def parse_search_options(config: pytest.Config) -> dict[str, Any]:
+    from pytest_sglang_tune.search.budget import BudgetError, parse_budget
+    from pytest_sglang_tune.search.strategies import STRATEGIES
+
+    search = str(_opt(config, "sglang_search", "sglang_search") or "grid")
+    if search not in STRATEGIES:
+        raise pytest.UsageError(f"--sglang-search={search!r} is not valid. Valid strategies: {', '.join(STRATEGIES)}.")
+    try:
+        budget = parse_budget(config.getoption("sglang_budget"))
+    except BudgetError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if search == "grid" and budget.text != "unlimited":
+        raise pytest.UsageError(f"--sglang-budget={budget.text} needs a search strategy: add --sglang-search="
+                                "random|tpe|halving|predicted (grid measures every config)")
+    gpu = config.getoption("sglang_predict_gpu")
+    if gpu:
+        from pytest_sglang_tune.sim.gpus import known_gpu
+
+        try:
+            gpu = known_gpu(gpu)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--sglang-predict-gpu={exc}") from None
+    return {"search": search, "budget": budget, "early_stop": bool(config.getoption("sglang_early_stop")),
+            "predict_gpu": gpu}
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -229,6 +261,19 @@ def add_options(parser: pytest.Parser) -> None:
                      "content differ (each difference becomes a warning of the point)")
     g.addoption("--sglang-tie-margin", default=None, metavar="SHARE",
                 help="configs closer than this are tied (default 2%%: run-to-run noise on real GPUs)")
+    s = parser.getgroup("sglang-tune-search", "SGLang tuning: searching the grid within a GPU budget")
+    s.addoption("--sglang-search", default=None, metavar="STRATEGY",
+                help="grid (default: every config), random, tpe (Optuna), halving (successive halving on fewer "
+                     "requests), predicted (the sim's predicted best first)")
+    s.addoption("--sglang-budget", default=None, metavar="BUDGET",
+                help="with a search: N trials, Xgpu-h of GPU time (virtual on the sim), or P%% of the predicted "
+                     "cost of the whole grid")
+    s.addoption("--sglang-early-stop", action="store_true", default=False,
+                help="grid: once a config misses an SLO that only gets worse with load, skip its higher loads "
+                     "(searches always do)")
+    s.addoption("--sglang-predict-gpu", default=None, metavar="GPU",
+                help="the sim GPU that predictions stand for (default: the suite's backends.sim.gpu on the sim; "
+                     "the detected GPU on docker/local)")
     g.addoption("--sglang-benchmark-json", default=None, metavar="PATH",
                 help="also write the results in pytest-benchmark's JSON format (stats from per-request E2E)")
     g.addoption("--sglang-benchmark-autosave", action="store_true", default=False,
@@ -267,3 +312,4 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("sglang_ready_timeout", "default --sglang-ready-timeout", default="")
     parser.addini("sglang_tie_margin", "default --sglang-tie-margin", default="")
     parser.addini("sglang_prometheus_url", "default --sglang-prometheus-url", default="")
+    parser.addini("sglang_search", "default --sglang-search", default="grid")

@@ -66,6 +66,8 @@ class TuneSession:
     _introspected: dict[str, Any] = field(default_factory=dict)
     _closed: bool = False
     grid_gpu_s: float | None = None  # what measuring every config would cost (predicted), when a search knows it
+    missed: dict[tuple[str, str, str], str] = field(default_factory=dict)  # --sglang-early-stop: first miss
+    searches: dict[str, Any] = field(default_factory=dict)  # suite name -> search.setup.SearchSetup
 
     @property
     def run_dir(self) -> Path:
@@ -136,6 +138,29 @@ class TuneSession:
         if argv[0] not in self._introspected:
             self._introspected[argv[0]] = introspect_flag_table(argv[0])
         return self._introspected[argv[0]]
+
+    def search_setup(self, suite: Any, configs: list[Any], expansion: Any) -> Any:
+        """The search of ``suite`` in this run (``--sglang-search``), set up once per process."""
+        if suite.name not in self.searches:
+            from pytest_sglang_tune.search.setup import build_setup
+
+            self.searches[suite.name] = build_setup(
+                suite, configs, expansion.flags, expansion.varying, strategy=self.options.search,
+                budget=self.options.budget, run_dir=self.run_dir, capacity=self.asked_engine().capacity().gpus,
+                predict_gpu=self.predict_gpu())
+        return self.searches[suite.name]
+
+    def predict_gpu(self) -> str | None:
+        """The sim GPU predictions stand for: ``--sglang-predict-gpu``; on the sim the suite's own (None); else
+        the detected GPU's name, mapped to a sim GPU (an error naming the known ones when it has none)."""
+        if self.options.predict_gpu or self.options.backend == "sim":
+            return self.options.predict_gpu
+        from pytest_sglang_tune.search.setup import sim_gpu_for
+
+        try:
+            return sim_gpu_for([str(g) for g in self.machine().get("gpus") or []])
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
     # --- what this run is, for comparisons --------------------------------------------------------------------
     def machine(self) -> dict[str, Any]:
@@ -243,8 +268,8 @@ class TuneSession:
         pend = self.pending.setdefault(report.nodeid, _Pending(results))
         pend.results = results
         if report.when == "setup":
-            if report.skipped and error.get("status") == "infeasible":
-                pend.status, pend.reason, pend.log_tail = "infeasible", error.get("reason"), error.get("log_tail")
+            if report.skipped and error.get("status") in ("infeasible", "not_measured"):
+                pend.status, pend.reason, pend.log_tail = error["status"], error.get("reason"), error.get("log_tail")
             elif report.skipped:
                 pend.status, pend.reason = "skipped", skip_reason(report)
             elif report.failed:
@@ -270,9 +295,9 @@ class TuneSession:
         """The final results of one test: status and reason, redacted, into the report and results.jsonl."""
         from pytest_sglang_tune.redact import redact
 
-        for r in done.results:
-            final = r.with_(status=done.status or "error", reason=done.reason, log_tail=done.log_tail or None,
-                            finished_at=now_iso())
+        for r in done.results:  # a result that knows its own status (a search's trial) keeps it
+            final = r.with_(status=r.status or done.status or "error", reason=r.reason or done.reason,
+                            log_tail=done.log_tail or None, finished_at=now_iso())
             final = Result.from_dict(redact(final.to_dict()))
             self.results.append(final)
             if self._log is None:

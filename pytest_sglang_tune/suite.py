@@ -43,15 +43,16 @@ from pytest_sglang_tune.loadgen.workload import (
     loads_from,
     parse_scenario,
 )
+from pytest_sglang_tune.suite_search import max_load_search, search_target
 from pytest_sglang_tune.yamlpos import Pos, line_of, load_yaml_with_lines
 
 TOP_FIELDS = ("name", "description", "sglang_version", "model", "backends", "server", "workloads", "slos",
-              "objective", "seed", "gpu_hour_price", "repeats", "redeploy")
+              "objective", "seed", "gpu_hour_price", "repeats", "redeploy", "search")
 MODEL_FIELDS = ("path", "served_name")
 SERVER_FIELDS = ("fixed", "grid", "paired", "constraints")
 WORKLOAD_FIELDS = ("name", "scenario", "input_len", "output_len", "endpoint", "num_requests", "warmup_requests",
                    "concurrency", "request_rate", "shared_prefix", "seed", "max_duration_s", "dataset", "turns",
-                   "burstiness", "warmup_s", "cooldown_s", "trace", "time_scale", "max_requests", "window")
+                   "burstiness", "warmup_s", "cooldown_s", "trace", "time_scale", "max_requests", "window", "load")
 TRACE_FIELDS = ("trace", "time_scale", "max_requests", "window")
 NOT_WITH_TRACE: dict[str, str] = {
     "scenario": "lengths come from the trace", "input_len": "lengths come from the trace",
@@ -85,6 +86,7 @@ class Suite:
     gpu_hour_price: float | None = None
     repeats: int = 1
     redeploy: bool = False
+    search_target: tuple[str, str] | None = None  # (workload, load label) a search scores configs at
     positions: Pos = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, *fld: str | int) -> str:
@@ -251,7 +253,9 @@ def suite_from_data(data: Any, path: Path, pos: Pos | None = None, *, require_wo
     redeploy = top.get("redeploy", False)
     if not isinstance(redeploy, bool):
         raise c.err(f"redeploy must be true or false, got {redeploy!r}", "redeploy")
+    target = search_target(c, top.get("search"), workloads)
     return Suite(
+        search_target=target,
         repeats=c.int_(top.get("repeats", 1), "repeats", minimum=1), redeploy=redeploy,
         gpu_hour_price=c.number(price, "gpu_hour_price") if price is not None else None,
         path=path, name=str(name), model_path=model_path, served_name=served, sglang_version=version,
@@ -355,15 +359,23 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
     endpoint = common["endpoint"]
     conc = w.get("concurrency")
     rate = w.get("request_rate")
-    if conc is None and rate is None:
+    max_load = max_load_search(c, w.get("load"), i) if "load" in w else None
+    if max_load is not None:
+        for key in ("concurrency", "request_rate"):
+            if key in w:
+                raise c.err(f"{key} cannot be given with load: the load search chooses the levels "
+                            f"(load: {{search: max_within_slo, {max_load.kind}: [low, high]}})", "workloads", i, key)
+        loads = [max_load.load(max_load.low)]
+    elif conc is None and rate is None:
         raise c.err("a workload needs concurrency (a list of levels) or request_rate (req/s), or both",
                     "workloads", i)
-    concs = _num_list(c, conc, "concurrency", "workloads", i, "concurrency") if conc is not None else []
-    rates = _num_list(c, rate, "request_rate", "workloads", i, "request_rate") if rate is not None else []
-    try:
-        loads = loads_from(concs, rates)
-    except SuiteError as exc:
-        raise c.err(exc.bare_message, "workloads", i) from None
+    else:
+        concs = _num_list(c, conc, "concurrency", "workloads", i, "concurrency") if conc is not None else []
+        rates = _num_list(c, rate, "request_rate", "workloads", i, "request_rate") if rate is not None else []
+        try:
+            loads = loads_from(concs, rates)
+        except SuiteError as exc:
+            raise c.err(exc.bare_message, "workloads", i) from None
     shared = w.get("shared_prefix")
     sp = None
     if shared is not None:
@@ -392,7 +404,7 @@ def _parse_workload(c: _Ctx, raw: Any, i: int, suite_seed: Any) -> Workload:
         dataset=dataset, turns=turns, burstiness=burst, **common,
         name=name, input_len=inp, output_len=out, num_requests_per_load=per_load,
         num_requests=c.int_(nreq, "workloads", i, "num_requests", minimum=1),
-        loads=tuple(loads), shared_prefix=sp,
+        loads=tuple(loads), shared_prefix=sp, max_load=max_load,
     )
 
 

@@ -37,7 +37,8 @@ def test_result_round_trip_keeps_unknown_fields() -> None:
                extra={"commit": "abc"})
     d = r.to_dict()
     assert d["image"] == "img" and d["sim"] == {"gpu": "h100_sxm"} and d["commit"] == "abc"
-    assert d["cost"] == {"usd_per_mtok": 1.5, "deploy_s": None, "measure_s": None, "gpu_s": None}
+    assert d["cost"] == {"usd_per_mtok": 1.5, "deploy_s": None, "measure_s": None, "gpu_s": None,
+                         "virtual": None}
     assert d["telemetry"] is None and d["trial"] is None and d["fidelity"] is None
     back = Result.from_dict(json.loads(json.dumps(d)))
     assert back.to_dict() == d

@@ -131,6 +131,28 @@ class Load:
         return d
 
 
+@dataclass(frozen=True)
+class MaxLoadSearch:
+    """A workload whose load is searched: the highest ``kind`` (``concurrency`` or ``request_rate``) in
+    [``low``, ``high``] at which a config meets every SLO, found by bisection to within ``tolerance`` (a share:
+    0.1 stops when high/low ≤ 1.1; concurrency also stops at neighbours)."""
+
+    kind: str
+    low: float
+    high: float
+    tolerance: float = 0.1
+
+    def load(self, value: float) -> Load:
+        return Load(concurrency=int(value)) if self.kind == "concurrency" else Load(request_rate=round(value, 6))
+
+    def middle(self, low: float, high: float) -> float | None:
+        """The next probe between a passing ``low`` and a failing ``high``; None when they are close enough."""
+        if high <= low * (1.0 + self.tolerance) or (self.kind == "concurrency" and high - low <= 1):
+            return None
+        mid = math.sqrt(low * high)
+        return float(round(mid)) if self.kind == "concurrency" else mid
+
+
 _NEW_FIELD_DEFAULTS: dict[str, Any] = {
     "dataset": None, "turns": 1, "burstiness": 1.0, "warmup_s": 0.0, "cooldown_s": 0.0,
 }
@@ -202,6 +224,7 @@ class Workload:
     time_scale: float = 1.0          # trace replay: the trace's gaps times this (0.5 = twice as fast)
     trace_window: tuple[float, float | None] | None = None  # trace replay: [start_s, end_s) of the trace
     max_requests: int | None = None  # trace replay: at most this many requests of the window
+    max_load: MaxLoadSearch | None = None  # ``load: {search: max_within_slo, ...}``: bisect for the highest load
 
     def __post_init__(self) -> None:
         if self.turns < 1:
@@ -255,7 +278,7 @@ class Workload:
     def content_dict(self) -> dict[str, Any]:
         """Everything that defines the request stream (not the load levels, not the name)."""
         d = asdict(self)
-        for k in ("name", "loads", "num_requests_per_load"):
+        for k in ("name", "loads", "num_requests_per_load", "max_load"):
             d.pop(k)
         for k, default in _NEW_FIELD_DEFAULTS.items():  # absent when unused: older hashes stay valid
             if d[k] == default:

@@ -26,13 +26,12 @@ def add_parser(sub: Any) -> None:
 
 def check_gpu(name: str) -> str:
     """A sim GPU's canonical name, or a ``SuiteError`` that lists the known ones."""
-    from pytest_sglang_tune.sim.gpus import GPU_ALIASES, GPUS, resolve_gpu
+    from pytest_sglang_tune.sim.gpus import known_gpu
 
-    spec = resolve_gpu(name)
-    if spec is None:
-        raise SuiteError(f"--gpu={name!r} is not a GPU the sim knows; choose one of: "
-                         f"{', '.join([*GPUS, *GPU_ALIASES])}")
-    return spec.name
+    try:
+        return known_gpu(name)
+    except ValueError as exc:
+        raise SuiteError(f"--gpu={exc}") from None
 
 
 def prediction_json(prediction: Any, ranking: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pytest_sglang_tune.report import objective_text, slo_texts, status_counts, 
 from pytest_sglang_tune.report.html_answer import answer_section
 from pytest_sglang_tune.report.html_charts import flag_effect_chart, latency_charts, pareto_chart
 from pytest_sglang_tune.report.html_model import best_per_load, loads, suite_results, workloads
+from pytest_sglang_tune.report.html_search import search_section
 from pytest_sglang_tune.report.html_svg import esc
 from pytest_sglang_tune.report.html_tables import (
     command_text,
@@ -172,7 +173,7 @@ def _manifest(report: Mapping[str, Any]) -> list[str]:
         ("report.json schema", report.get("schema_version")),
     ]
     known = {"id", "started_at", "finished_at", "backend", "gpus", "gpus_source", "argv", "machine",
-             "exit_status", "interrupted", "tie_margin", "gpu_hours"}
+             "exit_status", "interrupted", "tie_margin", "gpu_hours", "search"}
     rows += [(k, v if isinstance(v, (str, int, float)) else repr(v)) for k, v in run.items() if k not in known]
     out = ['<section id="manifest"><h2>Run manifest</h2>', _kv(rows)]
     out += [f'<div class="warn">{esc(w)}</div>' for w in report.get("warnings") or []]
@@ -238,6 +239,7 @@ def render_html(report: Mapping[str, Any]) -> str:
              f"{esc(run.get('started_at'))} → {esc(run.get('finished_at'))}</p>",
              f'<nav><a href="#answer">answer</a>{nav}<a href="#manifest">manifest</a></nav>']
     parts += answer_section(report)
+    parts += search_section(report)
     if not names:
         parts.append("<p>No results.</p>")
     for i, suite in enumerate(names):

@@ -82,6 +82,14 @@ def write_run_report(session: Any, exitstatus: int) -> dict[str, Path]:
     if cap is not None and not cap.checked:  # the backend could not count (e.g. ome without node rights)
         run["machine"] = {**run["machine"], "gpus": "unknown"}
     unique = dedupe(list(session.results))
+    if options.search != "grid":
+        from pytest_sglang_tune.search.summary import summarize_search
+
+        searches = {name: s for name in suites
+                    if (s := summarize_search(session.run_dir, name, options.search, options.budget, unique))}
+        run["search"] = searches
+        grid = [s["grid_gpu_h_predicted"] for s in searches.values() if s.get("grid_gpu_h_predicted") is not None]
+        session.grid_gpu_s = sum(grid) * 3600.0 if grid else None
     run["gpu_hours"] = gpu_hours(unique, session.grid_gpu_s)
     ranking = config.hook.pytest_sglang_tune_rank(config=config, results=[r.to_dict() for r in unique],
                                                   objectives=suite_objectives(suites))

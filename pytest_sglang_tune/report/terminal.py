@@ -47,6 +47,10 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
     lines = [f"{head}: {total} results" + (f": {count_text}" if count_text else "")]
     if (gh := gpu_hours_text(run.get("gpu_hours"))) is not None:
         lines.append(gh)
+    if isinstance(run.get("search"), Mapping):
+        from pytest_sglang_tune.search.summary import search_lines
+
+        lines += search_lines(run["search"])
     lines += [f"warning: {w}" for w in report.get("warnings") or []]
     for suite in suite_names(report):
         metrics = _slo_metrics(report, suite)

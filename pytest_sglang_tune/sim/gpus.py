@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GPUS", "GPU_ALIASES", "GpuSpec", "resolve_gpu", "sglang_memory_defaults"]
+__all__ = ["GPUS", "GPU_ALIASES", "GpuSpec", "known_gpu", "resolve_gpu", "sglang_memory_defaults"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,11 @@ def sglang_memory_defaults(mem_total_mib: int, tp: int) -> tuple[int, int]:
     if mem_total_mib < 160 * gib:
         return 8192, 256 if tp < 4 else 512
     return 16384, 512
+
+
+def known_gpu(name: str) -> str:
+    """A sim GPU's canonical name, or a ``ValueError`` listing the GPUs the sim knows."""
+    spec = resolve_gpu(name)
+    if spec is None:
+        raise ValueError(f"{name!r} is not a GPU the sim knows; choose one of: {', '.join([*GPUS, *GPU_ALIASES])}")
+    return spec.name

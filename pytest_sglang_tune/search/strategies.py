@@ -1,0 +1,229 @@
+"""What to measure next (pure): the rules of ``halving`` and ``predicted``, the budget check, and the shared
+vocabulary of candidates and trials. ``random`` and ``tpe`` draw from an Optuna sampler (:mod:`.ledger`).
+
+A **trial** measures one config: every load of every workload, loads ascending. Its **value** is the objective
+at the suite's ``search.target`` (``workload@load``; default the first workload's last load); a config that
+misses an SLO at any measured load is *not feasible* — an Optuna constraint, never a fake score.
+
+``halving`` is asynchronous successive halving (ASHA): ``rungs`` fidelities, each ``eta`` times the requests of
+the one below (the top one is the full measurement); a config is promoted when it is in the top ``1/eta`` of the
+configs completed at its rung; otherwise a new config starts at rung 0. Low rungs are ``fidelity: low`` and never
+enter the ranking, diff matching or resume.
+
+``predicted`` spends the budget on the predicted best first, with a diversity rule: before anything else, every
+value of every varying flag gets its best-predicted config measured (so one wrong prediction cannot hide a whole
+region). Measurements then re-rank what is left: predictions are scaled by the median measured/predicted ratio,
+and the search stops when the measured best beats every remaining (scaled) prediction by more than the
+predictor's measured error (the median absolute log ratio, at least ``MIN_ERROR``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_sglang_tune.search.budget import Budget
+
+STRATEGIES = ("grid", "random", "tpe", "halving", "predicted")
+MIN_ERROR = 0.05           # the predictor's error is never assumed smaller than this
+MIN_MEASURED = 3           # predicted: never stop before this many full measurements
+ETA = 3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A config of the grid, with what the predictor says of it (None/empty without a prediction)."""
+
+    config_id: str
+    params: Mapping[str, Any]          # the varying flags' values
+    gpus: int = 1
+    predicted: float | None = None     # predicted objective value at the target
+    predicted_ok: bool = True          # predicted to meet every SLO
+    cost_s: float = 0.0                # predicted GPU seconds of a full trial
+    infeasible: str | None = None      # predicted not to start (memory, tp): never proposed
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What the ledger knows about one trial."""
+
+    number: int
+    config_id: str
+    rung: int = 0
+    fidelity: str = "full"
+    done: bool = False
+    value: float | None = None
+    ok: bool | None = None            # met every SLO at every measured load
+    gpu_s: float = 0.0                # spent (done) or expected (running)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    config_id: str
+    rung: int = 0
+    fidelity: str = "full"
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+@dataclass
+class Plan:
+    """A search's fixed settings."""
+
+    strategy: str
+    candidates: Sequence[Candidate]
+    maximize: bool = True
+    budget: Budget = field(default_factory=lambda: Budget("unlimited"))
+    grid_gpu_s: float | None = None
+    eta: int = ETA
+    rungs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy == "halving" and self.rungs == 1:
+            n = sum(1 for c in self.candidates if not c.infeasible)
+            self.rungs = max(1, min(3, math.ceil(math.log(max(n, 1), self.eta)) if n > 1 else 1))
+
+    @property
+    def by_id(self) -> dict[str, Candidate]:
+        return {c.config_id: c for c in self.candidates}
+
+    def goodness(self, value: float | None) -> float:
+        if value is None:
+            return -math.inf
+        return value if self.maximize else -value
+
+    def fraction(self, rung: int) -> float:
+        """Share of the workload's requests measured at ``rung`` (1 at the top rung)."""
+        return float(self.eta) ** (rung - (self.rungs - 1))
+
+    def max_trials(self) -> int:
+        n = sum(1 for c in self.candidates if not c.infeasible)
+        if self.strategy == "halving":
+            return sum(max(1, math.ceil(n / self.eta ** r)) for r in range(self.rungs))
+        return n
+
+
+def budget_stop(plan: Plan, trials: Sequence[TrialInfo], next_cost_s: float = 0.0) -> Stop | None:
+    """The budget is spent: trials started, or GPU seconds spent and committed to running trials."""
+    b = plan.budget
+    if b.trials is not None and len(trials) >= b.trials:
+        return Stop(f"budget spent: {len(trials)} of {b.trials} trials")
+    limit = b.gpu_limit(plan.grid_gpu_s)
+    if limit is not None:
+        used = sum(t.gpu_s for t in trials)
+        if used >= limit:
+            return Stop(f"budget spent: {used / 3600:.3g} of {limit / 3600:.3g} GPU-h")
+    return None
+
+
+def score(plan: Plan, t: TrialInfo) -> float:
+    """A completed trial's worth: its goodness when it met every SLO, else −∞ (infeasible)."""
+    return plan.goodness(t.value) if t.ok else -math.inf
+
+
+# --- halving (ASHA) ------------------------------------------------------------------------------------------------
+
+def propose_halving(plan: Plan, trials: Sequence[TrialInfo], rng: random.Random) -> Proposal | Stop | Wait:
+    top = plan.rungs - 1
+    promoted = {(t.config_id, t.rung) for t in trials}
+    for rung in range(top - 1, -1, -1):
+        done = [t for t in trials if t.rung == rung and t.done]
+        k = len(done) // plan.eta
+        if k < 1:
+            continue
+        best = sorted(done, key=lambda t: score(plan, t), reverse=True)[:k]
+        for t in best:
+            if score(plan, t) > -math.inf and (t.config_id, rung + 1) not in promoted:
+                return Proposal(t.config_id, rung + 1, "full" if rung + 1 == top else "low",
+                                f"promoted from rung {rung} (top {k} of {len(done)})")
+    started = {t.config_id for t in trials}
+    fresh = [c for c in plan.candidates if not c.infeasible and c.config_id not in started]
+    if fresh:
+        c = rng.choice(fresh)
+        return Proposal(c.config_id, 0, "full" if top == 0 else "low", "a new config at rung 0")
+    if any(not t.done for t in trials):
+        return Wait("waiting for running trials before promoting")
+    return Stop("search finished: every config measured at rung 0 and none left to promote")
+
+
+# --- predicted -----------------------------------------------------------------------------------------------------
+
+def predictor_error(plan: Plan, trials: Sequence[TrialInfo]) -> tuple[float, float]:
+    """(median measured/predicted ratio, median |log ratio|) over completed full trials; (1, ∞) before any."""
+    by_id = plan.by_id
+    logs = [math.log(t.value / p) for t in trials if t.done and t.fidelity == "full" and t.value and t.value > 0
+            and (p := by_id[t.config_id].predicted) and p > 0]
+    if not logs:
+        return 1.0, math.inf
+    return math.exp(statistics.median(logs)), max(MIN_ERROR, statistics.median(abs(x) for x in logs))
+
+
+def predicted_order(plan: Plan) -> list[Candidate]:
+    """Diversity picks first (the best-predicted config for every value of every varying flag), then the rest,
+    best predicted first; predicted SLO misses after predicted passes; predicted infeasible never."""
+    pool = [c for c in plan.candidates if not c.infeasible]
+    pool.sort(key=lambda c: (not c.predicted_ok, -plan.goodness(c.predicted)))
+    picks: list[Candidate] = []
+    flags = sorted({f for c in pool for f in c.params})
+    for flag in flags:
+        for value in sorted({repr(c.params.get(flag)) for c in pool}):
+            best = next(c for c in pool if repr(c.params.get(flag)) == value)
+            if best not in picks:
+                picks.append(best)
+    picks.sort(key=lambda c: pool.index(c))
+    return picks + [c for c in pool if c not in picks]
+
+
+def propose_predicted(plan: Plan, trials: Sequence[TrialInfo]) -> Proposal | Stop:
+    order = predicted_order(plan)
+    started = {t.config_id for t in trials}
+    remaining = [c for c in order if c.config_id not in started]
+    if not remaining:
+        return Stop("search finished: every feasible config measured")
+    flags = sorted({f for c in order for f in c.params})
+    covered = {(f, repr(c.params.get(f))) for c in order if c.config_id in started for f in flags}
+    for c in remaining:  # diversity first: a flag value nothing measured yet has
+        if any((f, repr(c.params.get(f))) not in covered for f in flags):
+            return Proposal(c.config_id, why="diversity: a flag value not measured yet")
+    ratio, err = predictor_error(plan, trials)
+    done = [t for t in trials if t.done and t.fidelity == "full"]
+    best = max((score(plan, t) for t in done), default=-math.inf)
+
+    def hoped(c: Candidate) -> float:
+        return plan.goodness(None if c.predicted is None else c.predicted * ratio)
+
+    remaining.sort(key=lambda c: (not c.predicted_ok, -hoped(c)))
+    if len(done) >= MIN_MEASURED and best > -math.inf and math.isfinite(err):
+        hope = max((hoped(c) for c in remaining if c.predicted_ok), default=-math.inf)
+        if best > hope + abs(best) * err:
+            return Stop(f"search finished: the measured best beats every remaining prediction by more than the "
+                        f"predictor's error ({err:.1%})")
+    return Proposal(remaining[0].config_id, why=f"predicted best of the rest (predictions scaled ×{ratio:.3g})")
+
+
+def propose(plan: Plan, trials: Sequence[TrialInfo], rng: random.Random) -> Proposal | Stop | Wait:
+    """The next trial of ``halving``, ``predicted`` or ``grid`` (in order), after the budget check."""
+    if (stop := budget_stop(plan, trials)) is not None:
+        return stop
+    if plan.strategy == "halving":
+        return propose_halving(plan, trials, rng)
+    if plan.strategy == "predicted":
+        return propose_predicted(plan, trials)
+    started = {t.config_id for t in trials}
+    for c in plan.candidates:
+        if not c.infeasible and c.config_id not in started:
+            return Proposal(c.config_id, why="next in the grid")
+    return Stop("search finished: every config measured")
