@@ -170,10 +170,10 @@ def comparability_of(old_run: Mapping[str, Any], old_results: Sequence[Mapping[s
             problems.append(f"{what} {UNKNOWN} on one side: {', '.join(sorted(a))} → {', '.join(sorted(b))}")
         else:
             problems.append(f"{what} differs: {', '.join(sorted(a))} → {', '.join(sorted(b))}")
-    old_by = {r.point.slot: r.point for r in map(as_result, old_results)}
+    old_by = {r.point.slot: r.point for r in map(as_result, old_results) if r.full_fidelity}
     differing: dict[str, set[str]] = {}
     for r in map(as_result, new_results):
-        o = old_by.get(r.point.slot)
+        o = old_by.get(r.point.slot) if r.full_fidelity else None
         if o is not None and o.content_hash and r.point.content_hash and o.content_hash != r.point.content_hash:
             differing.setdefault(r.point.where, set()).update((o.content_hash, r.point.content_hash))
     for where, hashes in sorted(differing.items()):
@@ -213,8 +213,9 @@ def diff_reports(old: Mapping[str, Any], new: Mapping[str, Any], *, thresholds: 
         raise IncomparableReports("the reports are not comparable: " + "; ".join(problems) +
                                   " (use --allow-different to compare anyway)")
     out.warnings += [f"COMPARING DIFFERENT SETUPS: {p}" for p in problems]
-    old_by = {r.point.slot: r for r in map(as_result, old.get("results") or [])}
-    new_by = {r.point.slot: r for r in map(as_result, new.get("results") or [])}
+    # only full measurements are matched: a halving rung's or a load search's screening points never are
+    old_by = {r.point.slot: r for r in map(as_result, old.get("results") or []) if r.full_fidelity}
+    new_by = {r.point.slot: r for r in map(as_result, new.get("results") or []) if r.full_fidelity}
     wanted = list(dict.fromkeys([*metrics, *(str(t.metric) for t in thresholds)]))
     parsed = {m: parse_metric(m) for m in wanted}
     best_old, best_new = best_entries(old.get("ranking") or []), best_entries(new.get("ranking") or [])

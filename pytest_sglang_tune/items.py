@@ -28,8 +28,9 @@ from pytest_sglang_tune.stash import ERROR, RESULTS, get_session
 
 
 def item_name(workload: Any, cfg: Any, load: Any) -> str:
-    """The readable test name of a point: ``chat[mem0.85-lpm-c64]``."""
-    return f"{workload.name}[{cfg.display}-{load.label()}]"
+    """The readable test name of a point: ``chat[mem0.85-lpm-c64]`` (``chat[mem0.85-lpm-max]`` for a workload
+    whose load is searched)."""
+    return f"{workload.name}[{cfg.display}-{'max' if workload.max_load is not None else load.label()}]"
 
 
 def check_priced(suite: Any) -> None:
@@ -92,6 +93,10 @@ class SuiteItem(TuneItem):
         self.result = new_result(nodeid=self.nodeid, display_id=self.name, suite=suite, cfg=cfg, workload=workload,
                                  load=load, backend=self.session_owner.options.backend,
                                  sglang_version=suite.sglang_version or table.version)
+        if workload.max_load is not None:  # one item finds the config's highest load: its result is the summary
+            from pytest_sglang_tune.search.maxload import summary_point
+
+            self.result = self.result.with_(point=summary_point(self.result))
 
     @property
     def result(self) -> Result:
@@ -99,7 +104,7 @@ class SuiteItem(TuneItem):
 
     @result.setter
     def result(self, value: Result) -> None:
-        self.stash[RESULTS] = [value]
+        self.stash[RESULTS] = [value, *self.stash.get(RESULTS, [])[1:]]  # a load search's probes follow
 
     @property
     def config_key(self) -> tuple[str, str]:
@@ -136,6 +141,10 @@ class SuiteItem(TuneItem):
                                      resumed_from=str(path))
             return
         engine = self.session_owner.engine
+        if self.workload.max_load is not None:
+            self._search_max_load(engine)
+            self._check_result()
+            return
         runs = []
         seed = interval_seed(self.result.point)
         try:
@@ -157,6 +166,27 @@ class SuiteItem(TuneItem):
         key = (self.suite.name, self.cfg.config_id, self.workload.name)
         if missed_worsening(self.result, self.suite.slos):
             self.session_owner.missed.setdefault(key, self.load.label())
+        self._check_result()
+
+    def _search_max_load(self, engine: Any) -> None:
+        """Bisect for the highest load within every SLO; probes land in the stash as they are measured."""
+        from pytest_sglang_tune.search.maxload import run_max_load
+
+        def keep(probe: Result) -> None:
+            self.stash[RESULTS].append(probe)
+
+        try:
+            summary = run_max_load(engine, self.suite, self.cfg, self.table, self.workload, self.result,
+                                   name=lambda load: f"{self.workload.name}[{self.cfg.display}-{load.label()}]",
+                                   on_probe=keep)
+        except BaseException as exc:
+            note_error(self, exc)
+            raise
+        self.result = summary
+
+    def _check_result(self) -> None:
+        """The baseline gate and ``--sglang-strict-slo`` on the point's (or the load search's) result."""
+        metrics = dict(self.result.metrics or {})
         self.result, failures = self.session_owner.check_baseline(self.result)
         if failures:
             pytest.fail("; ".join(failures), pytrace=False)

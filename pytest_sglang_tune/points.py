@@ -115,3 +115,23 @@ def resume_key(result: Result) -> tuple[Any, ...]:
     dep = result.deployment
     return (result.point.key, result.backend, result.sglang_version, dep.get("image"),
             dep.get("image_digest") if dep.get("image") else None, result.tool_version)
+
+
+def measure_once(engine: Any, suite: Suite, cfg: TuneConfig, table: Any, workload: Workload, load: Load,
+                 result: Result) -> Result:
+    """``result``'s point measured once on the config's live server (deployed now if it is not): deployment
+    facts, metrics with intervals, SLO verdicts, status ``passed``."""
+    live = engine.ensure(suite, cfg, table)
+    result = with_deployment(result, live)
+    m = engine.measure(live, workload, load, suite.slos, cfg.gpus, wanted=wanted_metrics(suite),
+                       seed=interval_seed(result.point))
+    return with_measurement(result, m, suite, cfg.gpus).with_(status="passed")
+
+
+def probe_result(result: Result, load: Load, display_id: str) -> Result:
+    """A load search's probe of ``result``'s config and workload at ``load`` (``fidelity: probe``)."""
+    from dataclasses import replace
+
+    point = replace(result.point, concurrency=load.concurrency, request_rate=load.request_rate,
+                    time_scale=load.time_scale, search=None)
+    return result.with_(point=point, display_id=display_id, fidelity="probe", max_load=None)

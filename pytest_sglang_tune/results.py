@@ -34,6 +34,7 @@ DEPLOYMENT_KEYS: tuple[str, ...] = (
     "launch_command", "image", "image_digest", "gpus_used", "ready_s", "endpoint_url", "endpoint_mode",
     "inference_service", "namespace", "node", "pod", "container", "sim", "manifest",
 )
+SCREENING: tuple[str, ...] = ("low", "probe")  # fidelities that are never ranked, matched or resumed
 COST_KEYS: tuple[str, ...] = ("usd_per_mtok", "deploy_s", "measure_s", "gpu_s", "virtual")
 
 
@@ -50,6 +51,8 @@ def load_key(load: Mapping[str, Any] | None) -> LoadKey:
 def load_label(load: Mapping[str, Any] | None) -> str:
     """``c64``, ``r2.5``, ``r4-c16``, a trace replay ``ts0.5`` (as ``Load.label``); ``-`` when unknown."""
     load = load or {}
+    if load.get("search") is not None:  # a load search's summary: the highest load found
+        return "max"
     parts = []
     if load.get("time_scale") is not None:  # a trace replay: its request_rate is the replay's mean rate
         scale = float(load["time_scale"])
@@ -73,12 +76,15 @@ class Point:
     request_rate: float | None
     config_id: str
     time_scale: float | None = None  # a trace replay's level (its request_rate is then the level's mean rate)
+    search: str | None = None        # "max_within_slo": the summary of a load search (no level of its own)
 
     @property
     def load(self) -> dict[str, Any]:
         load: dict[str, Any] = {"concurrency": self.concurrency, "request_rate": self.request_rate}
         if self.time_scale is not None:
             load["time_scale"] = self.time_scale
+        if self.search is not None:
+            load["search"] = self.search
         return load
 
     @property
@@ -117,7 +123,8 @@ class Point:
                    content_hash=None if content is None else str(content),
                    concurrency=None if conc is None else int(conc),
                    request_rate=None if rate is None else float(rate), config_id=str(d.get("config_id") or ""),
-                   time_scale=None if scale is None else float(scale))
+                   time_scale=None if scale is None else float(scale),
+                   search=None if load.get("search") is None else str(load["search"]))
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,8 @@ class Result:
     telemetry: Mapping[str, Any] | None = None
     replay: Mapping[str, Any] | None = None                      # a trace replay: how the schedule was kept
     trial: Mapping[str, Any] | None = None
-    fidelity: str | None = None
+    fidelity: str | None = None                                  # "low" (a halving rung), "probe" (a load search)
+    max_load: Mapping[str, Any] | None = None                    # a load search's summary: bounds, probes, found
     log_tail: str | None = None
     finished_at: str | None = None
     resumed_from: str | None = None
@@ -210,8 +218,17 @@ class Result:
 
     @property
     def measured(self) -> bool:
-        """Whether it takes part in the ranking: passed, or failed with metrics (e.g. a strict-SLO failure)."""
+        """Whether it takes part in the ranking, diff matching and resume: a full-fidelity measurement that passed,
+        or failed with metrics (e.g. a strict-SLO failure). Screening measurements (``fidelity`` low or probe)
+        never do."""
+        if not self.full_fidelity:
+            return False
         return self.status == "passed" or (self.status == "failed" and bool(self.metrics))
+
+    @property
+    def full_fidelity(self) -> bool:
+        """Not a screening measurement (a halving rung's ``low``, a load search's ``probe``)."""
+        return self.fidelity not in SCREENING
 
     @property
     def meets_slos(self) -> bool:
@@ -240,7 +257,7 @@ class Result:
         optional = {"confidence": dict(self.confidence) or None, "confidence_method": self.confidence_method,
                     "e2e_s": list(self.e2e_s) or None, "server_metrics": self.server_metrics,
                     "repeats": self.repeats, "baseline_metrics": self.baseline_metrics, "log_tail": self.log_tail,
-                    "replay": self.replay,
+                    "replay": self.replay, "max_load": None if self.max_load is None else dict(self.max_load),
                     "finished_at": self.finished_at, "resumed_from": self.resumed_from}
         out.update({k: v for k, v in optional.items() if v is not None})
         for k, v in self.extra.items():
@@ -271,8 +288,9 @@ def as_result(value: Result | Mapping[str, Any]) -> Result:
 
 
 def dedupe(results: list[Result]) -> list[Result]:
-    """One result per slot, the last one seen, in the order the slots first appeared."""
+    """One result per slot and fidelity, the last one seen, in the order they first appeared (a config's screening
+    measurement and its full one are both kept; a later full one never hides behind an earlier low one)."""
     by_slot: dict[tuple[Any, ...], Result] = {}
     for r in results:
-        by_slot[r.point.slot] = r
+        by_slot[(r.point.slot, r.fidelity or "full")] = r
     return list(by_slot.values())

@@ -27,7 +27,7 @@ from pytest_sglang_tune.items import SuiteItem, config_key_of
 from pytest_sglang_tune.options import Options
 from pytest_sglang_tune.report.store import RESULTS_JSONL, ResultsLog, now_iso
 from pytest_sglang_tune.results import Result
-from pytest_sglang_tune.stash import ERROR, RESULTS, SESSION
+from pytest_sglang_tune.stash import ERROR, RESULTS, SESSION, TRIAL_CONFIG_KEY
 
 RESULT_KEY = "sglang_tune_result"
 ERROR_KEY = "sglang_tune_error"
@@ -56,6 +56,7 @@ class TuneSession:
     _engine: Engine | None = None
     results: list[Result] = field(default_factory=list)
     pending: dict[str, _Pending] = field(default_factory=dict)
+    trial_outcomes: dict[str, tuple[str, bool]] = field(default_factory=dict)  # trial node id -> (config, failed)
     report_paths: dict[str, Path] = field(default_factory=dict)
     suite_files: dict[str, str] = field(default_factory=dict)
     worker_notes: list[str] = field(default_factory=list)    # xdist: the workers' backend notes, for the summary
@@ -147,8 +148,15 @@ class TuneSession:
             self.searches[suite.name] = build_setup(
                 suite, configs, expansion.flags, expansion.varying, strategy=self.options.search,
                 budget=self.options.budget, run_dir=self.run_dir, capacity=self.asked_engine().capacity().gpus,
-                predict_gpu=self.predict_gpu())
+                predict_gpu=self.predict_gpu(), resume_dir=self.resume_dir())
         return self.searches[suite.name]
+
+    def resume_dir(self) -> Path | None:
+        """The run directory ``--sglang-resume`` names (it may name its results.jsonl)."""
+        if not self.options.resume:
+            return None
+        path = Path(self.options.resume)
+        return path.parent if path.is_file() else path
 
     def predict_gpu(self) -> str | None:
         """The sim GPU predictions stand for: ``--sglang-predict-gpu``; on the sim the suite's own (None); else
@@ -256,6 +264,10 @@ class TuneSession:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not self.controller:
             return
+        trial = [v for k, v in report.user_properties if k == TRIAL_CONFIG_KEY]
+        if trial:  # --lf after a search re-runs the config a failed trial measured
+            _, failed_before = self.trial_outcomes.get(report.nodeid, ("", False))
+            self.trial_outcomes[report.nodeid] = (str(trial[-1]), failed_before or report.failed)
         dicts: list[Any] = [v for k, v in report.user_properties if k == RESULT_KEY]
         if not dicts:
             return
@@ -298,12 +310,32 @@ class TuneSession:
         for r in done.results:  # a result that knows its own status (a search's trial) keeps it
             final = r.with_(status=r.status or done.status or "error", reason=r.reason or done.reason,
                             log_tail=done.log_tail or None, finished_at=now_iso())
-            final = Result.from_dict(redact(final.to_dict()))
-            self.results.append(final)
-            if self._log is None:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self._log = ResultsLog(self.run_dir / RESULTS_JSONL)
-            self._log.append(final.to_dict())
+            self.keep(Result.from_dict(redact(final.to_dict())))
+
+    def keep(self, result: Result) -> None:
+        """A final result: into the report and, at once, results.jsonl."""
+        self.results.append(result)
+        if self._log is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._log = ResultsLog(self.run_dir / RESULTS_JSONL)
+        self._log.append(result.to_dict())
+
+    def add_resumed_trials(self) -> None:
+        """``--sglang-resume`` with a search: the earlier run's trials of each continued search are this run's
+        too (the continued study counts them and does not measure them again)."""
+        from pytest_sglang_tune.search import SEARCH_DIR
+
+        if not self.options.resume or self.options.search == "grid":
+            return
+        suites = {p.name.removesuffix(".plan.json") for p in (self.run_dir / SEARCH_DIR).glob("*.plan.json")}
+        old = self.resume_dir()
+        if not suites or old is None or not (old / RESULTS_JSONL).is_file():
+            return
+        have = {(r.point.slot, r.fidelity or "full") for r in self.results}
+        for rec in ResultsLog.read(old / RESULTS_JSONL):
+            r = Result.from_dict(rec)
+            if r.trial and r.point.suite in suites and (r.point.slot, r.fidelity or "full") not in have:
+                self.keep(r.with_(resumed_from=str(old / RESULTS_JSONL)))
 
     # --- hooks: the end ---------------------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -315,10 +347,28 @@ class TuneSession:
             done.status = done.status or "error"
             done.reason = done.reason or "interrupted"
             self.finish(done)
+        self.add_resumed_trials()
+        self.record_trial_configs(session.config)
         if self.results:
             from pytest_sglang_tune.report.run import write_run_report
 
             self.report_paths = write_run_report(self, exitstatus)
+
+    def record_trial_configs(self, config: pytest.Config) -> None:
+        """Remember, in pytest's cache, which config each failed search trial measured, so that ``--lf`` re-runs
+        those configs (a trial's number alone would draw whatever the strategy proposes next)."""
+        if getattr(config, "cache", None) is None or not self.trial_outcomes:  # -p no:cacheprovider
+            return
+        from pytest_sglang_tune.search.items import LAST_TRIALS
+
+        recorded = config.cache.get(LAST_TRIALS, {})
+        recorded = dict(recorded) if isinstance(recorded, dict) else {}
+        for nodeid, (config_id, failed) in self.trial_outcomes.items():
+            if failed and config_id:
+                recorded[nodeid] = config_id
+            else:
+                recorded.pop(nodeid, None)
+        config.cache.set(LAST_TRIALS, recorded)
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if not self.controller or not self.report_paths:
@@ -425,7 +475,7 @@ def load_resume(path_text: str) -> tuple[Path, dict[tuple[Any, ...], Result]]:
     done = {}
     for rec in ResultsLog.read(path):
         r = Result.from_dict(rec)
-        if r.status == "passed" and r.metrics:
+        if r.status == "passed" and r.metrics and r.full_fidelity:  # never a screening measurement
             done[resume_key(r)] = r
     return path, done
 

@@ -21,3 +21,5 @@ ERROR = pytest.StashKey[dict[str, Any]]()   # what our own error said: status, r
 def get_session(config: pytest.Config) -> TuneSession:
     """The session owner of this pytest process (created in ``pytest_configure``)."""
     return config.stash[SESSION]
+# user property: the config a search trial measured (JUnit shows it; ``--lf`` re-runs it)
+TRIAL_CONFIG_KEY = "sglang.trial.config_id"

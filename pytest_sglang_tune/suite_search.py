@@ -12,12 +12,12 @@ from pytest_sglang_tune.loadgen.workload import MaxLoadSearch, Workload
 
 def search_target(c: Any, raw: Any, workloads: Sequence[Workload]) -> tuple[str, str] | None:
     """``search: {target: chat@c64}``: the point a search scores configs at (default: the first workload's last
-    load level)."""
+    load level; ``max`` for a workload whose load is searched)."""
     section = c.mapping(raw, "search", allowed=("target",))
     text = section.get("target")
+    labels = {w.name: ["max"] if w.max_load is not None else [ld.label() for ld in w.loads] for w in workloads}
     if text is None:
-        return (workloads[0].name, workloads[0].loads[-1].label()) if workloads else None
-    labels = {w.name: [ld.label() for ld in w.loads] for w in workloads}
+        return (workloads[0].name, labels[workloads[0].name][-1]) if workloads else None
     allowed = ", ".join(f"{w}@{lb}" for w, lbs in labels.items() for lb in lbs)
     name, _, label = str(text).partition("@")
     if name not in labels or label not in labels[name]:

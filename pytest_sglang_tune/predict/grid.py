@@ -38,6 +38,7 @@ class ConfigPrediction:
     results: list[Result] = field(default_factory=list)
     deploy_s: float = 0.0
     infeasible: str | None = None
+    points: int = 0                    # points simulated (each after the first on a fresh engine)
 
     @property
     def measure_s(self) -> float:
@@ -95,7 +96,6 @@ def _client(vs: Any) -> Any:
 
 def predict_config(suite: Suite, cfg: TuneConfig, table: Any, env: dict[str, str]) -> ConfigPrediction:
     """Every point of one config (fresh engine per point: a real run flushes the cache between points)."""
-    from pytest_sglang_tune.predict.point import NotPredicted, duration_of, simulate_point
     from pytest_sglang_tune.sim.models import SimConfigError
     from pytest_sglang_tune.sim.startup import predicted_startup_s
     from pytest_sglang_tune.sim.virtual import virtual_engine
@@ -110,40 +110,64 @@ def predict_config(suite: Suite, cfg: TuneConfig, table: Any, env: dict[str, str
     if not out.infeasible:
         out.deploy_s = predicted_startup_s(vs.cfg)
     for wl in suite.workloads:
-        for index, load in enumerate(wl.loads):
-            workload = wl.at_load(index)
-            result = new_result(nodeid="", display_id=f"{wl.name}[{cfg.display}-{load.label()}]", suite=suite,
-                                cfg=cfg, workload=workload, load=load, backend=PREDICTED, sglang_version=version)
-            result = result.with_(fidelity=PREDICTED)
-            if out.infeasible:
-                out.results.append(result.with_(status="infeasible", reason=out.infeasible))
-                continue
-            try:
-                client = _client(vs)
-                key = (client.tok.path, workload.content_hash, workload.num_requests, wl.name, index)
-                if key not in _PREPARED:
-                    _PREPARED[key] = client.prepare(workload, suite.served_name)
-                engine = virtual_engine(argv, env).engine if out.results else vs.engine
-                point = simulate_point(engine, _PREPARED[key], workload, load, stream_interval=vs.cfg.stream_interval)
-            except NotPredicted as exc:
-                out.results.append(result.with_(status="not_measured", reason=f"not predicted: {exc}"))
-                continue
-            from pytest_sglang_tune.metrics import point_intervals, summarize
+        if wl.max_load is not None:  # the config's highest load within the SLOs, bisected on the virtual clock
+            from pytest_sglang_tune.search.maxload import bisect_max_load, summarize_max_load, summary_point
 
-            metrics = summarize(point, gpus=cfg.gpus, slos=suite.slos)
-            seed = interval_seed(result.point)
-            wanted = [str(suite.objective.metric), *(str(s.metric) for s in suite.slos)]  # what ranking reads
-            confidence, method = point_intervals(point, wanted, gpus=cfg.gpus, slos=suite.slos, seed=seed)
-            m = Measurement(metrics=metrics, warnings=tuple(point.warnings), confidence=confidence,
-                            confidence_method=method)
-            result = with_measurement(result, m, suite, cfg.gpus)
-            measure_s = duration_of(point)
-            result = result.with_(status="passed", perf_model=vs.perf_model,
-                                  cost=Cost(usd_per_mtok=result.cost.usd_per_mtok, deploy_s=out.deploy_s,
-                                            measure_s=round(measure_s, 3),
-                                            gpu_s=round(measure_s * cfg.gpus, 3), virtual=True))
-            out.results.append(result)
+            base = _new(suite, cfg, wl, 0, wl.loads[0], version)
+            base = base.with_(point=summary_point(base), display_id=f"{wl.name}[{cfg.display}-max]")
+            if out.infeasible:
+                out.results.append(base.with_(status="infeasible", reason=out.infeasible))
+                continue
+            probes, best = bisect_max_load(wl.max_load, lambda load, wl=wl: _point(
+                out, suite, cfg, wl, 0, load, version, argv, env, vs).with_(fidelity="probe"))
+            out.results += [*probes, summarize_max_load(wl.max_load, base, probes, best)]
+            continue
+        for index, load in enumerate(wl.loads):
+            if out.infeasible:
+                out.results.append(_new(suite, cfg, wl, index, load, version).with_(status="infeasible",
+                                                                                    reason=out.infeasible))
+                continue
+            out.results.append(_point(out, suite, cfg, wl, index, load, version, argv, env, vs))
     return out
+
+
+def _new(suite: Suite, cfg: TuneConfig, wl: Any, index: int, load: Any, version: str) -> Result:
+    workload = wl.at_load(index)
+    result = new_result(nodeid="", display_id=f"{wl.name}[{cfg.display}-{load.label()}]", suite=suite,
+                        cfg=cfg, workload=workload, load=load, backend=PREDICTED, sglang_version=version)
+    return result.with_(fidelity=PREDICTED)
+
+
+def _point(out: ConfigPrediction, suite: Suite, cfg: TuneConfig, wl: Any, index: int, load: Any, version: str,
+           argv: list[str], env: dict[str, str], vs: Any) -> Result:
+    """One point on the virtual clock (a fresh engine for every point after the first: a real run flushes the
+    cache between points)."""
+    from pytest_sglang_tune.metrics import point_intervals, summarize
+    from pytest_sglang_tune.predict.point import NotPredicted, duration_of, simulate_point
+    from pytest_sglang_tune.sim.virtual import virtual_engine
+
+    workload = wl.at_load(index)
+    result = _new(suite, cfg, wl, index, load, version)
+    try:
+        client = _client(vs)
+        key = (client.tok.path, workload.content_hash, workload.num_requests, wl.name, index)
+        if key not in _PREPARED:
+            _PREPARED[key] = client.prepare(workload, suite.served_name)
+        engine = virtual_engine(argv, env).engine if out.points else vs.engine
+        out.points += 1
+        point = simulate_point(engine, _PREPARED[key], workload, load, stream_interval=vs.cfg.stream_interval)
+    except NotPredicted as exc:
+        return result.with_(status="not_measured", reason=f"not predicted: {exc}")
+    metrics = summarize(point, gpus=cfg.gpus, slos=suite.slos)
+    seed = interval_seed(result.point)
+    wanted = [str(suite.objective.metric), *(str(s.metric) for s in suite.slos)]  # what ranking reads
+    confidence, method = point_intervals(point, wanted, gpus=cfg.gpus, slos=suite.slos, seed=seed)
+    m = Measurement(metrics=metrics, warnings=tuple(point.warnings), confidence=confidence, confidence_method=method)
+    result = with_measurement(result, m, suite, cfg.gpus)
+    measure_s = duration_of(point)
+    return result.with_(status="passed", perf_model=vs.perf_model,
+                        cost=Cost(usd_per_mtok=result.cost.usd_per_mtok, deploy_s=out.deploy_s,
+                                  measure_s=round(measure_s, 3), gpu_s=round(measure_s * cfg.gpus, 3), virtual=True))
 
 
 def _predict_one(args: tuple[Suite, TuneConfig, Any, dict[str, str]]) -> ConfigPrediction:

@@ -59,6 +59,11 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
         for g in groups(report, suite):
             for r in g.unranked:
                 s = str(r.get("status"))
+                fidelity = r.get("fidelity")
+                if fidelity == "probe":
+                    s = "load-search probes"
+                elif fidelity == "low":
+                    s = "low-fidelity (halving)"
                 unranked[s] = unranked.get(s, 0) + 1
             if not g.ranked:
                 continue

@@ -15,18 +15,11 @@ import pytest
 
 from pytest_sglang_tune.errors import InfeasibleConfig, TuneError
 from pytest_sglang_tune.itemkit import TuneItem, missed_worsening, note_error
-from pytest_sglang_tune.points import (
-    combine_runs,
-    interval_seed,
-    new_result,
-    wanted_metrics,
-    with_deployment,
-    with_measurement,
-)
+from pytest_sglang_tune.points import measure_once, new_result
 from pytest_sglang_tune.results import Result
 from pytest_sglang_tune.search.setup import SearchSetup
 from pytest_sglang_tune.search.strategies import Proposal, Stop
-from pytest_sglang_tune.stash import RESULTS, get_session
+from pytest_sglang_tune.stash import RESULTS, TRIAL_CONFIG_KEY, get_session
 
 LAST_TRIALS = "sglang_tune/search_trials"  # pytest cache: trial node id -> config measured (for --lf)
 
@@ -74,7 +67,7 @@ class TrialItem(TuneItem):
             pytest.skip(decision.reason)
         self.number, self.proposal = decision
         cfg = self.search.configs[self.proposal.config_id]
-        self.user_properties.append(("sglang.trial.config_id", cfg.config_id))
+        self.user_properties.append((TRIAL_CONFIG_KEY, cfg.config_id))
         try:
             live = self.session_owner.engine.ensure(self.suite, cfg, self.search.table)
         except InfeasibleConfig as exc:
@@ -124,6 +117,13 @@ class TrialItem(TuneItem):
         ok = True
         try:
             for wl in self.suite.workloads:
+                if wl.max_load is not None:  # the config's highest load within the SLOs, by bisection
+                    summary = self._max_load(wl, fraction, results)
+                    results.append(summary)
+                    if (wl.name, summary.point.load_key) == self.search.target:
+                        value = self.suite.objective.score(dict(summary.metrics or {}))
+                    ok = ok and summary.slo_pass is not False
+                    continue
                 missed_at: str | None = None
                 for index, load in enumerate(wl.loads):
                     workload = low_fidelity(wl.at_load(index), fraction)
@@ -132,12 +132,7 @@ class TrialItem(TuneItem):
                         results.append(result.with_(status="not_measured",
                                                     reason=f"skipped: SLO already missed at {missed_at}"))
                         continue
-                    live = engine.ensure(self.suite, cfg, self.search.table)
-                    result = with_deployment(result, live)
-                    m = engine.measure(live, workload, load, self.suite.slos, cfg.gpus,
-                                       wanted=wanted_metrics(self.suite), seed=interval_seed(result.point))
-                    measurement, _ = combine_runs([m], self.suite)
-                    result = with_measurement(result, measurement, self.suite, cfg.gpus).with_(status="passed")
+                    result = measure_once(engine, self.suite, cfg, self.search.table, workload, load, result)
                     results.append(result)
                     if (wl.name, result.point.load_key) == self.search.target:
                         value = self.suite.objective.score(dict(result.metrics or {}))
@@ -150,6 +145,17 @@ class TrialItem(TuneItem):
             self._finish(results, None, False)
             raise
         self._finish(results, value, ok)
+
+    def _max_load(self, wl: Any, fraction: float, results: list[Result]) -> Result:
+        from pytest_sglang_tune.search.maxload import run_max_load, summary_point
+
+        assert self.proposal is not None
+        cfg = self.search.configs[self.proposal.config_id]
+        workload = low_fidelity(wl, fraction)
+        base = self._new(workload, wl.loads[0])
+        base = base.with_(point=summary_point(base), display_id=f"{wl.name}[{cfg.display}-max]")
+        return run_max_load(self.session_owner.engine, self.suite, cfg, self.search.table, workload, base,
+                            name=lambda load: f"{wl.name}[{cfg.display}-{load.label()}]", on_probe=results.append)
 
     def _finish(self, results: list[Result], value: float | None, ok: bool) -> None:
         self.stash[RESULTS] = results

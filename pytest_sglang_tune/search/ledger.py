@@ -31,7 +31,7 @@ from pytest_sglang_tune.search.strategies import (
 )
 
 PROPOSED = "proposed"   # user_attr of the trials that are real measurements (not skipped samples)
-MAX_RESAMPLES = 64
+MAX_RESAMPLES = 8       # a sampler that keeps repeating measured configs gets a random unmeasured one
 
 
 class Ledger:

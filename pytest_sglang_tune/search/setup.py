@@ -48,6 +48,8 @@ def target_of(suite: Suite) -> tuple[tuple[str, LoadKey], str]:
     """The search target as a (workload, load key) group and its label (``chat@c64``)."""
     name, label = suite.search_target or (suite.workloads[0].name, suite.workloads[0].loads[-1].label())
     wl = next(w for w in suite.workloads if w.name == name)
+    if wl.max_load is not None:  # the load search's summary (label ``max``)
+        return (name, load_key({"search": "max_within_slo"})), f"{name}@max"
     load = next(ld for ld in wl.loads if ld.label() == label)
     return (name, load_key(load.to_dict())), f"{name}@{label}"
 
@@ -64,8 +66,10 @@ def plan_file(directory: Path, suite: Suite) -> Path:
 
 def build_setup(suite: Suite, configs: list[TuneConfig], table: Any, varying: tuple[str, ...], *, strategy: str,
                 budget: Budget, run_dir: Path, capacity: int | None, predict_gpu: str | None,
-                seed: int = 0) -> SearchSetup:
-    """The search of ``suite`` (predicting its grid on the first call of the run, reading it after)."""
+                seed: int = 0, resume_dir: Path | None = None) -> SearchSetup:
+    """The search of ``suite`` (predicting its grid on the first call of the run, reading it after). With
+    ``resume_dir`` (``--sglang-resume``) an earlier run's search of the same suite continues: its plan and study
+    are copied into this run (its trials count against the budget and are not measured again)."""
     from filelock import FileLock
 
     directory = run_dir / SEARCH_DIR
@@ -73,6 +77,8 @@ def build_setup(suite: Suite, configs: list[TuneConfig], table: Any, varying: tu
     target, label = target_of(suite)
     path = plan_file(directory, suite)
     with FileLock(str(path) + ".lock"):
+        if not path.is_file() and resume_dir is not None:
+            continue_search(resume_dir, directory, suite, strategy, configs)
         if path.is_file():
             data = json.loads(path.read_text())
         else:
@@ -86,6 +92,55 @@ def build_setup(suite: Suite, configs: list[TuneConfig], table: Any, varying: tu
     plan = Plan(strategy, candidates, maximize, budget, data["grid_gpu_s"])
     return SearchSetup(suite, plan, {c.config_id: c for c in configs}, table, target, label, directory, seed,
                        data.get("gpu"))
+
+
+def continue_search(resume_dir: Path, directory: Path, suite: Suite, strategy: str,
+                    configs: list[TuneConfig]) -> bool:
+    """Copy an earlier run's search of ``suite`` (plan and study) into this run's ``directory``; trials it left
+    running (the run was interrupted) are closed as failed and their configs may be proposed again. False when
+    that run searched nothing for this suite; a ``UsageError`` when its search cannot continue here."""
+    import shutil
+
+    import pytest
+
+    old = resume_dir / SEARCH_DIR
+    old_plan, old_journal = plan_file(old, suite), old / f"{suite.name}.journal"
+    if not old_plan.is_file():
+        return False
+    data = json.loads(old_plan.read_text())
+    where = f"--sglang-resume={resume_dir}"
+    if data.get("strategy") != strategy:
+        raise pytest.UsageError(f"{where}: that run searched {suite.name} with --sglang-search={data.get('strategy')}"
+                                f", this one asks for {strategy}; resume with the same strategy or start afresh")
+    if {c["config_id"] for c in data["candidates"]} != {c.config_id for c in configs}:
+        raise pytest.UsageError(f"{where}: the grid of {suite.name} changed since that run (its configs differ), so "
+                                "its search cannot continue; start a new search without --sglang-resume")
+    tmp = plan_file(directory, suite).with_suffix(".tmp")
+    shutil.copyfile(old_plan, tmp)
+    if old_journal.is_file():
+        shutil.copyfile(old_journal, directory / old_journal.name)
+        close_interrupted(directory / old_journal.name, suite.name)
+    tmp.replace(plan_file(directory, suite))
+    return True
+
+
+def close_interrupted(journal: Path, name: str) -> int:
+    """Trials an interrupted run left running: told ``FAIL`` and no longer counted as proposed (their config is
+    measured again); returns how many."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    from pytest_sglang_tune.search.ledger import PROPOSED
+
+    storage = JournalStorage(JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal))))
+    study = optuna.load_study(study_name=name, storage=storage)
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        storage.set_trial_user_attr(t._trial_id, PROPOSED, False)
+        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
 
 
 def _plan_data(suite: Suite, configs: list[TuneConfig], table: Any, varying: tuple[str, ...],

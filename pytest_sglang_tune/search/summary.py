@@ -60,7 +60,7 @@ def summarize_search(run_dir: Path, suite: str, strategy: str, budget: Budget,
     target = next((r.trial.get("target") for r in mine if r.trial), None)
     measured: dict[str, dict[str, Any]] = {}
     for r in mine:
-        if not r.trial or r.fidelity == "low":
+        if not r.trial or not r.full_fidelity:
             continue
         row = measured.setdefault(r.point.config_id, {"config_id": r.point.config_id, "display": _short(r),
                                                       "predicted": r.trial.get("predicted"), "measured": None,
