@@ -78,6 +78,7 @@ class TrialItem(TuneItem):
         except BaseException as exc:
             self._tell_nothing()
             note_error(self, exc)
+            self._record_all(status=None, reason=None)  # the config's points, with the error the session records
             raise
         self.live = live
 
@@ -102,7 +103,7 @@ class TrialItem(TuneItem):
                        sglang_version=self.suite.sglang_version or self.search.table.version)
         return r.with_(trial=self._trial_info(), fidelity="low" if self.proposal.fidelity == "low" else None)
 
-    def _record_all(self, *, status: str, reason: str) -> None:
+    def _record_all(self, *, status: str | None, reason: str | None) -> None:
         for wl in self.suite.workloads:
             for index, load in enumerate(wl.loads):
                 self.stash[RESULTS].append(self._new(wl.at_load(index), load).with_(status=status, reason=reason))

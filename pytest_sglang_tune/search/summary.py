@@ -78,15 +78,19 @@ def summarize_search(run_dir: Path, suite: str, strategy: str, budget: Budget,
                      "infeasible": c["infeasible"]}
                     for c in plan["candidates"] if c["config_id"] not in started]
     stop = stop_file(directory, suite)
+    stopped = stop.read_text().strip() if stop.is_file() else None
+    n_trials = len({n for row in rows for n in row["trials"]})
+    if stopped is None and budget.trials is not None and n_trials >= budget.trials:
+        stopped = f"budget spent: {n_trials} of {budget.trials} trials"  # collection made no more trials than that
     return {
         "strategy": strategy, "budget": budget.text, "target": target,
         "budget_gpu_h": None if limit_s is None else round(limit_s / 3600.0, 6),
         "used_gpu_h": round(used_s / 3600.0, 6),
         "left_gpu_h": None if limit_s is None else round(max(0.0, limit_s - used_s) / 3600.0, 6),
-        "trials": len({n for row in rows for n in row["trials"]}),
+        "trials": n_trials,
         "grid_configs": len(plan["candidates"]), "grid_gpu_h_predicted": None if grid_s is None else
         round(grid_s / 3600.0, 6), "predicted_on": plan.get("gpu"),
-        "stopped": stop.read_text().strip() if stop.is_file() else None,
+        "stopped": stopped,
         "measured": rows, "not_measured": not_measured,
         "rank_correlation": spearman([p for p, _ in pairs], [m for _, m in pairs]),
     }

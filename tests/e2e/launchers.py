@@ -52,6 +52,14 @@ def main() -> int:
         child.send_signal(signal.SIGKILL)
         child.wait()
         return 137
+    if mode.startswith("fail-with:"):
+        # refuse to start when argv has this flag value and $FAIL_WITH_ON is set (a config that cannot start today)
+        flag, _, value = mode.removeprefix("fail-with:").partition("=")
+        args = " ".join(rest)
+        if os.environ.get("FAIL_WITH_ON") and (f"{flag} {value}" in args or f"{flag}={value}" in args):
+            print(f"RuntimeError: simulated start-up failure for {flag}={value}", flush=True)
+            return 1
+        os.execv(sys.executable, [*sim, *rest])
     raise SystemExit(f"unknown mode {mode}")
 
 
