@@ -165,22 +165,6 @@ def build_exports(report: Mapping[str, Any], sources: Mapping[str, Source], *, b
     return out
 
 
-def write_exports(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write each export's InferenceService YAML to ``out_dir/winner-<suite>-<workload>.yaml``, atomically, from
-    the report as written (redacted); returns ``{"<suite>/<workload>": path}``."""
-    from pytest_sglang_tune.report.store import atomic_write_text
-
-    paths: dict[str, Path] = {}
-    for suite, per_workload in (report.get("exports") or {}).items():
-        for workload, entry in per_workload.items():
-            name, text = entry.get("inference_service_file"), entry.get("inference_service_yaml")
-            if name and text:
-                path = Path(out_dir) / Path(str(name)).name
-                atomic_write_text(path, str(text))
-                paths[f"{suite}/{workload}"] = path
-    return paths
-
-
 def export_lines(report: Mapping[str, Any], run_dir: Path | None = None) -> list[str]:
     """The terminal's pointers: ``export the winner of s/chat (tp2-lpm): reports/<run>/winner-s-chat.yaml``
     (the report.html anchor when there is no manifest)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def write_run_report(session: Any, exitstatus: int) -> dict[str, Path]:
     """report.json, report.html (and the pytest-benchmark files asked for) of the session's results."""
     from pytest_sglang_tune.analysis import analyse
     from pytest_sglang_tune.redact import redact
-    from pytest_sglang_tune.report.export import build_exports, write_exports
+    from pytest_sglang_tune.report.export import build_exports
     from pytest_sglang_tune.report.store import build_report, suite_objectives, write_report
     from pytest_sglang_tune.results import dedupe
 
@@ -143,3 +144,19 @@ def gpu_hours(results: list[Result], grid_gpu_s: float | None = None) -> dict[st
     spent = sum(r.cost.gpu_s or 0.0 for r in results)
     return {"spent": round(spent / 3600.0, 6), "virtual": any(bool(r.cost.virtual) for r in results),
             "grid_predicted": None if grid_gpu_s is None else round(grid_gpu_s / 3600.0, 6)}
+
+
+def write_exports(report: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write each export's InferenceService YAML to ``out_dir/winner-<suite>-<workload>.yaml``, atomically, from
+    the report as written (redacted); returns ``{"<suite>/<workload>": path}``."""
+    from pytest_sglang_tune.report.store import atomic_write_text
+
+    paths: dict[str, Path] = {}
+    for suite, per_workload in (report.get("exports") or {}).items():
+        for workload, entry in per_workload.items():
+            name, text = entry.get("inference_service_file"), entry.get("inference_service_yaml")
+            if name and text:
+                path = Path(out_dir) / Path(str(name)).name
+                atomic_write_text(path, str(text))
+                paths[f"{suite}/{workload}"] = path
+    return paths
