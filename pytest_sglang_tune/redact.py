@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,10 +83,19 @@ _AUTH_RE = re.compile(
 _BEARER_RE = re.compile(r"(?i)\b(?P<head>bearer\s+)(?P<val>[A-Za-z0-9._~+/=-]{8,})")
 _URL_USERINFO_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]+)(?::(?P<pw>[^/\s@]*))?@")
 _EMPTY = {"", "none", "null", REDACTED}
+# A reference to an upper-case variable (``$API_KEY``, ``${API_KEY}``, Kubernetes' ``$(API_KEY)``) names where a
+# secret comes from when a command or manifest runs (exported command lines and manifests hold these instead of
+# values). Lower-case is not accepted: ``$ecret`` may well be a password.
+_REFERENCE_RE = re.compile(r"^\$(?:[A-Z_][A-Z0-9_]*|\{[A-Z_][A-Z0-9_]*\}|\([A-Z_][A-Z0-9_]*\))$")
+
+
+def _kept(value: str) -> bool:
+    """Whether a secret-named value stays as it is: empty, already redacted, or a variable reference."""
+    return value.lower() in _EMPTY or bool(_REFERENCE_RE.match(value))
 
 
 def _flag_sub(m: re.Match[str]) -> str:
-    if not is_secret_name(m["flag"]) or m["val"].lower() in _EMPTY or m["val"].startswith("--"):
+    if not is_secret_name(m["flag"]) or _kept(m["val"]) or m["val"].startswith("--"):
         return m[0]
     return f"{m['flag']}{m['sep']}{m['q'] or ''}{REDACTED}"
 
@@ -97,16 +107,16 @@ def _assign_sub(m: re.Match[str]) -> str:
         rest = m[0][head:]
         return m[0][:head] + _ASSIGN_RE.sub(_assign_sub, rest) if "=" in rest else m[0]
     if m["sq"] is not None:
-        return f"{m['name']}='{REDACTED}'" if m["sq"].lower() not in _EMPTY else m[0]
+        return f"{m['name']}='{REDACTED}'" if not _kept(m["sq"]) else m[0]
     if m["dq"] is not None:
-        return f'{m["name"]}="{REDACTED}"' if m["dq"].lower() not in _EMPTY else m[0]
-    if m["bare"].lower() in _EMPTY or m["bare"].startswith(REDACTED):  # already redacted (e.g. a config_id)
+        return f'{m["name"]}="{REDACTED}"' if not _kept(m["dq"]) else m[0]
+    if _kept(m["bare"]) or m["bare"].startswith(REDACTED):  # already redacted (e.g. a config_id)
         return m[0]
     return f"{m['name']}={REDACTED}"
 
 
 def _json_sub(m: re.Match[str]) -> str:
-    if not is_secret_name(m["name"]) or m["val"].lower() in _EMPTY:
+    if not is_secret_name(m["name"]) or _kept(m["val"]):
         return m[0]
     return f"{m['q']}{m['name']}{m['q']}{m['sep']}{m['vq']}{REDACTED}{m['vq']}"
 
@@ -147,7 +157,7 @@ def _redact_argv(items: list[Any], literals: list[str]) -> list[Any]:
     hide_next = False
     for item in items:
         if hide_next and isinstance(item, str) and not item.startswith("--"):
-            out.append(REDACTED)
+            out.append(item if _REFERENCE_RE.match(item) else REDACTED)
             hide_next = False
             continue
         hide_next = False
@@ -155,7 +165,7 @@ def _redact_argv(items: list[Any], literals: list[str]) -> list[Any]:
             flag, eq, value = item.partition("=")
             if is_secret_name(flag):
                 if eq:
-                    out.append(f"{flag}={REDACTED}" if value else item)
+                    out.append(f"{flag}={REDACTED}" if value and not _REFERENCE_RE.match(value) else item)
                     continue
                 hide_next = True
                 out.append(item)
@@ -166,7 +176,8 @@ def _redact_argv(items: list[Any], literals: list[str]) -> list[Any]:
 
 def _is_secret_env_var(obj: Mapping[Any, Any]) -> bool:
     name, value = obj.get("name"), obj.get("value")
-    return isinstance(name, str) and isinstance(value, str) and bool(value) and is_secret_name(name)
+    return (isinstance(name, str) and isinstance(value, str) and bool(value) and not _REFERENCE_RE.match(value)
+            and is_secret_name(name))
 
 
 def _walk(obj: Any, literals: list[str]) -> Any:
@@ -177,7 +188,8 @@ def _walk(obj: Any, literals: list[str]) -> Any:
             return {k: (REDACTED if k == "value" else _walk(v, literals)) for k, v in obj.items()}
         out: dict[Any, Any] = {}
         for k, v in obj.items():
-            if isinstance(k, str) and isinstance(v, str) and v and is_secret_name(k):
+            if isinstance(k, str) and isinstance(v, str) and v and not _REFERENCE_RE.match(v) \
+                    and is_secret_name(k):
                 out[k] = REDACTED
             else:
                 out[k] = _walk(v, literals)
@@ -226,3 +238,9 @@ def secret_args(argv: Iterable[Any]) -> list[str | SecretArg]:
             continue
         out.append(item)
     return out
+
+
+def shell_words(argv: Iterable[Any]) -> list[str]:
+    """``argv`` as shell words ready to paste: quoted, and each secret flag value a ``"$VAR"`` for the shell to
+    fill in when the line runs (``--api-key x`` → ``--api-key "$API_KEY"``)."""
+    return [f'{a.prefix}"${a.var}"' if isinstance(a, SecretArg) else shlex.quote(a) for a in secret_args(argv)]

@@ -378,7 +378,7 @@ class TuneSession:
 
         tr = terminalreporter
         tr.section("sglang-tune: top configurations")
-        for line in summary_lines(load_report(self.report_paths["json"])):
+        for line in summary_lines(load_report(self.report_paths["json"]), run_dir=self.report_paths["json"].parent):
             tr.write_line(line)
         for kind, path in self.report_paths.items():
             tr.write_line(f"{kind}: {path}")

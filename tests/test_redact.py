@@ -160,3 +160,20 @@ def test_env_forms_in_argv_lists_and_kubernetes_env_vars() -> None:
            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
     assert redact({"env": env}) == {"env": [{"name": "HF_TOKEN", "value": REDACTED}, {"name": "TP", "value": "2"},
                                             env[2]]}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    # a reference names where the secret comes from when the line runs (exported commands and manifests)
+    ('docker run -e HF_TOKEN img s --api-key "$API_KEY"', 'docker run -e HF_TOKEN img s --api-key "$API_KEY"'),
+    ("--api-key=${API_KEY} --tp-size 2", "--api-key=${API_KEY} --tp-size 2"),
+    (["--api-key", "$(API_KEY)", "--admin-api-key=$(ADMIN_API_KEY)"],
+     ["--api-key", "$(API_KEY)", "--admin-api-key=$(ADMIN_API_KEY)"]),
+    ({"api_key": "$API_KEY"}, {"api_key": "$API_KEY"}),
+    ({"name": "HF_TOKEN", "value": "$(HF_TOKEN)"}, {"name": "HF_TOKEN", "value": "$(HF_TOKEN)"}),
+    # anything else that starts with $ is a value: lower case, or more than one name
+    ("--api-key $ecret", "--api-key ***"),
+    (["--api-key", "$A$B"], ["--api-key", REDACTED]),
+    ({"password": "$(rm -rf x)"}, {"password": REDACTED}),
+])
+def test_variable_references_are_not_secrets(value: Any, expected: Any) -> None:
+    assert redact(value) == expected

@@ -243,7 +243,7 @@ def docker_run_command(*, image: str, model_path: str, served_model_name: str, a
     """
     import shlex
 
-    from pytest_sglang_tune.redact import SecretArg, is_secret_name, secret_args
+    from pytest_sglang_tune.redact import is_secret_name, shell_words
 
     s = settings or {}
     flags = ["-d", "--init"]
@@ -264,7 +264,6 @@ def docker_run_command(*, image: str, model_path: str, served_model_name: str, a
     args = [str(a) for a in argv]
     if "--served-model-name" not in args:
         args += ["--served-model-name", served_model_name]
-    words = [f'{a.prefix}"${a.var}"' if isinstance(a, SecretArg) else shlex.quote(a) for a in secret_args(args)]
     cmd = ["python3", "-m", "sglang.launch_server", "--model-path", shlex.quote(model_path), "--host", "0.0.0.0",
            "--port", str(port)]
-    return " ".join(["docker", "run", *flags, shlex.quote(image), *cmd, *words])
+    return " ".join(["docker", "run", *flags, shlex.quote(image), *cmd, *shell_words(args)])

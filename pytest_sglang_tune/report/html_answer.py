@@ -124,13 +124,42 @@ def _card(report: Mapping[str, Any], suite: str, workload: str, bests: list[Best
     if not best.slo_pass:
         out.append('<p class="warn">No config meets the SLOs at any load level: this is the best score, '
                    "not a recommendation.</p>")
+    export = ((report.get("exports") or {}).get(suite) or {}).get(workload) or {}
     out.append('<div class="card-body"><div class="how">')
-    out.append(_copy_block("cmd", launch_line(model_path(report, suite, r), args), "command"))
+    command = export.get("launch_command") or launch_line(model_path(report, suite, r), args)
+    out.append(_copy_block("cmd", str(command), "command"))
     out.append(_copy_block("yaml", fixed_yaml(args), "YAML"))
     out.append(f'<p class="small muted">config id <code>{esc(best.config_id)}</code></p>')
+    out.append(_export_blocks(suite, workload, export))
     out.append('</div><div class="levels">')
     out.append(_per_load_table(report, bests, max_sustained(report, suite, workload)))
     out.append("</div></div></div>")
+    return "".join(out)
+
+
+def _export_blocks(suite: str, workload: str, export: Mapping[str, Any]) -> str:
+    """Deploy the winner where it runs: the ``docker run`` line and the OME InferenceService of
+    ``report["exports"]`` (absent: nothing), with what was left out and why."""
+    if not export:
+        return ""
+    from pytest_sglang_tune.report.export import export_name
+
+    out = [f'<div class="export" id="export-{esc(export_name(suite, workload))}" '
+           f'data-config-id="{esc(export.get("config_id"))}"><h4>Deploy the winner</h4>']
+    if export.get("error"):
+        out.append(f'<p class="warn">{esc(export["error"])}</p>')
+    if export.get("docker_run"):
+        out.append(_copy_block("docker-run", str(export["docker_run"]), "docker run"))
+    if export.get("inference_service_yaml"):
+        file = export.get("inference_service_file")
+        out.append(f'<p class="small">OME InferenceService{f" (also in <code>{esc(file)}</code>)" if file else ""}'
+                   "; secret values come from the Secret named in it</p>")
+        out.append(_copy_block("inference-service", str(export["inference_service_yaml"]), "manifest"))
+    if export.get("tied_with"):
+        out.append(f'<p class="small muted">tied with {len(export["tied_with"])} other config(s): '
+                   + ", ".join(f"<code>{esc(c)}</code>" for c in export["tied_with"]) + "</p>")
+    out += [f'<p class="small muted">{esc(n)}</p>' for n in export.get("notes") or []]
+    out.append("</div>")
     return "".join(out)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pytest_sglang_tune.errors import GrammarError
 from pytest_sglang_tune.grammar import Metric, parse_slo
 from pytest_sglang_tune.report import fmt, groups, objective_text, slo_texts, status_counts, suite_names
+from pytest_sglang_tune.report.export import export_lines
 
 _MAX_METRICS = 3
 
@@ -24,7 +26,7 @@ def _slo_metrics(report: Mapping[str, Any], suite: str) -> list[Metric]:
     return out[:_MAX_METRICS]
 
 
-def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
+def summary_lines(report: Mapping[str, Any], top: int = 3, run_dir: Path | None = None) -> list[str]:
     """Lines like::
 
         sglang-tune run 20261127-130501-3fa2 (backend sim, GPUs 2): 6 results: 5 passed, 1 infeasible
@@ -36,6 +38,7 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
 
     ``1=`` marks configs tied by the tie rule (``stats.tied``): their order is not a claim.
         tune_llama8b: not ranked: 1 infeasible (see report.html)
+        export the winner of tune_llama8b/chat (tp2-mem0.85, tied with 1 more): reports/<run>/winner-….yaml
     """
     run = report.get("run") or {}
     counts = status_counts(report)
@@ -86,7 +89,7 @@ def summary_lines(report: Mapping[str, Any], top: int = 3) -> list[str]:
         if unranked:
             text = ", ".join(f"{n} {s}" for s, n in sorted(unranked.items()))
             lines.append(f"{suite}: not ranked: {text} (reasons in report.html)")
-    return lines
+    return lines + export_lines(report, run_dir)
 
 
 def prediction_lines(prediction: Any, ranking: list[dict[str, Any]], top: int = 3) -> list[str]:
