@@ -320,23 +320,6 @@ class TuneSession:
             self._log = ResultsLog(self.run_dir / RESULTS_JSONL)
         self._log.append(result.to_dict())
 
-    def add_resumed_trials(self) -> None:
-        """``--sglang-resume`` with a search: the earlier run's trials of each continued search are this run's
-        too (the continued study counts them and does not measure them again)."""
-        from pytest_sglang_tune.search import SEARCH_DIR
-
-        if not self.options.resume or self.options.search == "grid":
-            return
-        suites = {p.name.removesuffix(".plan.json") for p in (self.run_dir / SEARCH_DIR).glob("*.plan.json")}
-        old = self.resume_dir()
-        if not suites or old is None or not (old / RESULTS_JSONL).is_file():
-            return
-        have = {(r.point.slot, r.fidelity or "full") for r in self.results}
-        for rec in ResultsLog.read(old / RESULTS_JSONL):
-            r = Result.from_dict(rec)
-            if r.trial and r.point.suite in suites and (r.point.slot, r.fidelity or "full") not in have:
-                self.keep(r.with_(resumed_from=str(old / RESULTS_JSONL)))
-
     # --- hooks: the end ---------------------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.stop_backend()
@@ -347,28 +330,14 @@ class TuneSession:
             done.status = done.status or "error"
             done.reason = done.reason or "interrupted"
             self.finish(done)
-        self.add_resumed_trials()
-        self.record_trial_configs(session.config)
+        from pytest_sglang_tune.search.runs import add_resumed_trials, record_trial_configs
+
+        add_resumed_trials(self)
+        record_trial_configs(self, session.config)
         if self.results:
             from pytest_sglang_tune.report.run import write_run_report
 
             self.report_paths = write_run_report(self, exitstatus)
-
-    def record_trial_configs(self, config: pytest.Config) -> None:
-        """Remember, in pytest's cache, which config each failed search trial measured, so that ``--lf`` re-runs
-        those configs (a trial's number alone would draw whatever the strategy proposes next)."""
-        if getattr(config, "cache", None) is None or not self.trial_outcomes:  # -p no:cacheprovider
-            return
-        from pytest_sglang_tune.search.items import LAST_TRIALS
-
-        recorded = config.cache.get(LAST_TRIALS, {})
-        recorded = dict(recorded) if isinstance(recorded, dict) else {}
-        for nodeid, (config_id, failed) in self.trial_outcomes.items():
-            if failed and config_id:
-                recorded[nodeid] = config_id
-            else:
-                recorded.pop(nodeid, None)
-        config.cache.set(LAST_TRIALS, recorded)
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if not self.controller or not self.report_paths:

@@ -118,8 +118,10 @@ def predict_config(suite: Suite, cfg: TuneConfig, table: Any, env: dict[str, str
             if out.infeasible:
                 out.results.append(base.with_(status="infeasible", reason=out.infeasible))
                 continue
-            probes, best = bisect_max_load(wl.max_load, lambda load, wl=wl: _point(
-                out, suite, cfg, wl, 0, load, version, argv, env, vs).with_(fidelity="probe"))
+            def probe(load: Any, wl: Any = wl) -> Result:
+                return _point(out, suite, cfg, wl, 0, load, version, argv, env, vs).with_(fidelity="probe")
+
+            probes, best = bisect_max_load(wl.max_load, probe)
             out.results += [*probes, summarize_max_load(wl.max_load, base, probes, best)]
             continue
         for index, load in enumerate(wl.loads):
