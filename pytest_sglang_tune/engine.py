@@ -178,8 +178,7 @@ class Engine:
         from pytest_sglang_tune.readiness import flush_and_drain, get_server_info
 
         t_start = time.monotonic()
-        if live.points:
-            flush_and_drain(live.deployment)
+        flush_problem = flush_and_drain(live.deployment) if live.points else None
         deploy_s = live.deploy_s if not live.points else 0.0  # the deployment is charged to its first point
         live.points += 1
         check = self.watchdog(live)
@@ -210,7 +209,8 @@ class Engine:
         confidence, method = point_intervals(point, wanted, gpus=gpus, slos=slos, seed=seed)
         e2e = tuple(round(x, 6) for x in (s.e2e_s for s in point.samples if s.ok and not s.warmup)
                     if x is not None)
-        warnings = (*point.warnings, *facts.warnings, *((telemetry or {}).get("warnings") or ()))
+        warnings = (*((flush_problem,) if flush_problem else ()), *point.warnings, *facts.warnings,
+                    *((telemetry or {}).get("warnings") or ()))
         replay = None
         if workload.trace:
             from pytest_sglang_tune.loadgen.trace import replay_stats

@@ -122,17 +122,29 @@ def check_flags_applied(info: Mapping[str, Any], server_args: Mapping[str, Any],
         raise FlagsNotApplied("flags not applied: " + "; ".join(problems), config_id=config_id, log_tail=log_tail)
 
 
-def flush_and_drain(deployment: Deployment, *, timeout: float = 30.0) -> None:
-    """Between points: flush the prefix cache; SGLang refuses while requests run, so retrying also drains."""
+FLUSH_TIMEOUT_S = 30.0
+
+
+def flush_and_drain(deployment: Deployment, *, timeout: float | None = None) -> str | None:
+    """Between points: flush the prefix cache; SGLang refuses while requests run, so retrying also drains.
+
+    Returns None when flushed (or when the server died: the point's watchdog reports that), else why not — a
+    warning for the next point, whose cache hits may then include the previous point's prefixes."""
+    timeout = FLUSH_TIMEOUT_S if timeout is None else timeout
     ep = deployment.endpoint
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    last = "no answer"
+    while True:
         try:
             r = requests.post(ep.url("/flush_cache"), headers=ep.headers(), timeout=10)
             if r.status_code == 200:
-                return
-        except requests.RequestException:
-            pass
+                return None
+            last = f"HTTP {r.status_code}: {r.text.strip()[:200]}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
         if deployment.poll() is not None:
-            return
+            return None
+        if time.monotonic() >= deadline:
+            return (f"the prefix cache was not flushed before the point (gave up after {timeout:g} s; last answer "
+                    f"from /flush_cache: {last}); cache hits may include earlier points' prefixes")
         time.sleep(0.2)

@@ -59,7 +59,6 @@ class _Deployment:
         return ""
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: flush_and_drain gives up silently after 30 s")
 def test_flush_that_never_succeeds_says_why(refusing_server: str) -> None:
     problem = readiness.flush_and_drain(_Deployment(refusing_server), timeout=0.5)
     assert problem is not None
@@ -73,7 +72,6 @@ def _point() -> PointResult:
     return PointResult(samples=[s], started=1.0, finished=1.4)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: flush_and_drain gives up silently after 30 s")
 def test_measured_point_carries_the_flush_warning(refusing_server: str, monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
     import pytest_sglang_tune.loadgen.point as point_mod
