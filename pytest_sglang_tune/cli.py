@@ -5,6 +5,7 @@
     sglang-tune diff OLD.json NEW.json [--fail-on 'output_throughput:-5%']   compare two runs
     sglang-tune bench --url URL --model M ...      benchmark a running server, write a report.json
     sglang-tune predict SUITE [--gpu G] [--top K]  rank a suite's grid on the sim's virtual clock, GPU-h included
+    sglang-tune table REPORT [--csv|--markdown] [--metric M ...] [-o OUT]   the results as a table (pandas)
 
 Exit codes: 0 ok, 1 a suite or report problem, 2 usage error.
 """
@@ -50,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="compare even when backend, GPU type, model, perf model or workload content differ")
     dif.add_argument("--metric", action="append", default=[], help="metrics to compare (default: key metrics)")
     dif.add_argument("--html", type=Path, default=None, help="also write an HTML diff here")
+    tab = sub.add_parser("table", help="print the results as a table (text, CSV or Markdown)",
+                         description="One row per result: suite, workload, load, config, status, SLO verdict, rank, "
+                                     "the flags that vary, and metrics. Reads a report.json, a run directory or a "
+                                     "results.jsonl. In Python: pytest_sglang_tune.load_results(path), a DataFrame.")
+    tab.add_argument("report", type=Path, metavar="REPORT")
+    form = tab.add_mutually_exclusive_group()
+    form.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV (every column "
+                      "unless --metric is given)")
+    form.add_argument("--markdown", dest="format", action="store_const", const="markdown", help="a Markdown table")
+    tab.add_argument("--metric", action="append", default=[], help="metrics to show, e.g. ttft_ms.p99 "
+                     "(repeatable; default: key metrics)")
+    tab.add_argument("-o", "--output", type=Path, default=None, help="write to this file instead of printing")
     from pytest_sglang_tune.bench import add_parser as add_bench
     from pytest_sglang_tune.predict.cli import add_parser as add_predict
 
@@ -128,6 +141,36 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if result.failed else EXIT_OK
 
 
+def _cmd_table(args: argparse.Namespace) -> int:
+    from pytest_sglang_tune import table
+    from pytest_sglang_tune.errors import GrammarError
+    from pytest_sglang_tune.grammar import parse_metric
+    from pytest_sglang_tune.report.store import ReportError, atomic_write_text
+
+    fmt = args.format or "text"
+    try:
+        metrics = [str(parse_metric(m)) for m in args.metric]
+    except GrammarError as exc:
+        print(f"sglang-tune table: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        frame = table.load_results(args.report)
+        text = table.render(table.select(frame, metrics, short=fmt != "csv" or bool(metrics)), fmt)
+    except (ReportError, ValueError) as exc:
+        print(f"sglang-tune table: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        atomic_write_text(args.output, text)
+    except OSError as exc:
+        print(f"sglang-tune table: error: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(f"wrote {args.output} ({len(frame)} results)")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sglang-tune`` command line; returns the exit code."""
     parser = _parser()
@@ -141,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_validate(args)
     if args.command == "diff":
         return _cmd_diff(args)
+    if args.command == "table":
+        return _cmd_table(args)
     if args.command == "bench":
         from pytest_sglang_tune.bench import run as run_bench
 
@@ -150,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_predict(args)
     parser.print_usage(sys.stderr)
-    print("sglang-tune: error: a command is required (report, validate, diff, bench, predict)", file=sys.stderr)
+    print("sglang-tune: error: a command is required (report, validate, diff, table, bench, predict)", file=sys.stderr)
     return EXIT_USAGE
 
 

@@ -8,7 +8,7 @@ the session owner shuts it down. It knows backends only through ``Backend`` and 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from pytest_sglang_tune.errors import BackendError, CapacityError, ServerCrashed
 from pytest_sglang_tune.grammar import SLO
 from pytest_sglang_tune.loadgen.workload import Load, Workload
 from pytest_sglang_tune.options import Options
+from pytest_sglang_tune.progress import NullProgress
 from pytest_sglang_tune.redact import redact_text
 from pytest_sglang_tune.space import TuneConfig
 from pytest_sglang_tune.suite import Suite
@@ -64,6 +65,7 @@ class Engine:
     backend: Backend
     lease_dir: Path
     live: Live | None = None
+    progress: Any = field(default_factory=lambda: NullProgress())  # progress.Progress: where long steps report
     _capacity: Capacity | None = None
     crashed: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -126,7 +128,8 @@ class Engine:
             deployment = self.backend.start(spec)
             timeout = float(settings.get("ready_timeout") or self.options.ready_timeout or
                             self.backend.default_ready_timeout)
-            ready_s = wait_ready(deployment, timeout=timeout, config_id=cfg.config_id)
+            ready_s = wait_ready(deployment, timeout=timeout, config_id=cfg.config_id, progress=self.progress,
+                                 label=f"{suite.name} {cfg.display}")
             info = get_server_info(deployment)
             dests = {name: table.resolve(name).field for name in cfg.args}
             check_flags_applied(info, cfg.args, dests, config_id=cfg.config_id, log_tail=deployment.logs(20))
@@ -174,12 +177,13 @@ class Engine:
                 wanted: Sequence[str] = (), seed: int = 0) -> Measurement:
         """Run one point; ``wanted`` metrics get 95 % intervals from the point's own requests (``stats``)."""
         from pytest_sglang_tune.loadgen.point import run_point
+        from pytest_sglang_tune.loadgen.samples import RequestCounter
         from pytest_sglang_tune.metrics import point_intervals, summarize
+        from pytest_sglang_tune.progress import ticking
         from pytest_sglang_tune.readiness import flush_and_drain, get_server_info
 
         t_start = time.monotonic()
-        if live.points:
-            flush_and_drain(live.deployment)
+        flush_problem = flush_and_drain(live.deployment) if live.points else None
         deploy_s = live.deploy_s if not live.points else 0.0  # the deployment is charged to its first point
         live.points += 1
         check = self.watchdog(live)
@@ -187,10 +191,12 @@ class Engine:
         telemetry = None
         if sampler is not None:
             sampler.start()
+        counter = RequestCounter()
         try:
-            point = run_point(live.deployment.endpoint, workload, load, watchdog=check,
-                              scrape_metrics=bool(live.server_info.get("enable_metrics")),
-                              procs=self.options.loadgen_procs)
+            with ticking(self.progress, point_progress(workload, load, counter, self.options.loadgen_procs)):
+                point = run_point(live.deployment.endpoint, workload, load, watchdog=check,
+                                  scrape_metrics=bool(live.server_info.get("enable_metrics")),
+                                  procs=self.options.loadgen_procs, counter=counter)
             # requests to a dead server fail fast, possibly before the watchdog's next tick: check once more
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline and any(s.error for s in point.samples[-3:]):
@@ -210,7 +216,8 @@ class Engine:
         confidence, method = point_intervals(point, wanted, gpus=gpus, slos=slos, seed=seed)
         e2e = tuple(round(x, 6) for x in (s.e2e_s for s in point.samples if s.ok and not s.warmup)
                     if x is not None)
-        warnings = (*point.warnings, *facts.warnings, *((telemetry or {}).get("warnings") or ()))
+        warnings = (*((flush_problem,) if flush_problem else ()), *point.warnings, *facts.warnings,
+                    *((telemetry or {}).get("warnings") or ()))
         replay = None
         if workload.trace:
             from pytest_sglang_tune.loadgen.trace import replay_stats
@@ -219,6 +226,29 @@ class Engine:
         return Measurement(metrics=metrics, warnings=warnings, e2e_s=e2e, server_metrics=point.server_metrics or None,
                            confidence=confidence, confidence_method=method, telemetry=telemetry, replay=replay,
                            deploy_s=deploy_s, measure_s=round(time.monotonic() - t_start, 3), virtual=live.virtual)
+
+
+def point_progress(workload: Workload, load: Load, counter: Any, procs: int) -> Callable[[], str]:
+    """The text of a running point: ``chat c64: 37/128 requests, 1,520 tok/s (now), 12s``. Read off the load
+    generator's counter by the progress ticker; with several load-generator processes only the time is known."""
+    from pytest_sglang_tune.progress import duration
+
+    start = time.monotonic()
+    total = workload.num_requests if workload.turns == 1 and not workload.trace else None
+    prev = [start, 0]
+
+    def text() -> str:
+        now = time.monotonic()
+        head = f"{workload.name} {load.label()}: "
+        if procs > 1:
+            return head + f"measuring in {procs} processes, {duration(now - start)}"
+        done, tokens = counter.done, counter.output_tokens
+        rate = (tokens - prev[1]) / max(now - prev[0], 1e-6)
+        prev[:] = [now, tokens]
+        failed = f" ({counter.failed} failed)" if counter.failed else ""
+        of = f"/{total}" if total else ""
+        return head + f"{done}{of} requests{failed}, {rate:,.0f} tok/s, {duration(now - start)}"
+    return text
 
 
 def log_tail_of(exc: BaseException) -> str:

@@ -38,6 +38,7 @@ class Options:
     allow_different: bool = False             # --sglang-allow-different: compare with a baseline of another setup
     tie_margin: float = DEFAULT_TIE_MARGIN
     loadgen_procs: int = 1
+    progress_interval: float = 30.0           # no terminal (CI): a progress line at most every N s
     repeats: int | None = None
     resume: str | None = None
     benchmark_json: Path | None = None
@@ -118,6 +119,19 @@ def parse_timeout(value: Any) -> float | None:
     return t
 
 
+def parse_progress_interval(value: Any) -> float:
+    """``--sglang-progress-interval``: seconds >= 0 between plain progress lines when there is no terminal."""
+    if value in (None, ""):
+        return 30.0
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = -1.0
+    if not t >= 0:
+        raise pytest.UsageError(f"--sglang-progress-interval={value!r} is not valid: give seconds >= 0 (default 30).")
+    return t
+
+
 def parse_tie_margin(value: Any) -> float:
     """``2%`` or ``0.02`` → 0.02; between 0 and 50 %."""
     if value in (None, ""):
@@ -184,6 +198,8 @@ def parse_options(config: pytest.Config, known_backends: tuple[str, ...], extens
         strict_slo=bool(_opt(config, "sglang_strict_slo", "sglang_strict_slo")),
         require_capacity=bool(config.getoption("sglang_require_capacity")),
         ready_timeout=parse_timeout(_opt(config, "sglang_ready_timeout", "sglang_ready_timeout")),
+        progress_interval=parse_progress_interval(_opt(config, "sglang_progress_interval",
+                                                       "sglang_progress_interval")),
         launcher=config.getoption("sglang_launcher"),
         allow_different=bool(config.getoption("sglang_allow_different")),
         tie_margin=parse_tie_margin(_opt(config, "sglang_tie_margin", "sglang_tie_margin")),
@@ -243,6 +259,9 @@ def add_options(parser: pytest.Parser) -> None:
                 help="configs that need more GPUs than available are errors instead of skips")
     g.addoption("--sglang-ready-timeout", default=None,
                 help="seconds to wait for a server to become ready (default: sim 120, others 1800)")
+    g.addoption("--sglang-progress-interval", default=None, metavar="S",
+                help="without a terminal (CI): print a long step's progress once it has run S s, then every S s "
+                     "(default 30; a terminal shows one line updated in place; -qq shows none)")
     g.addoption("--sglang-launcher", default=None,
                 help="local backend: the launcher command (default: 'python -m sglang.launch_server')")
     g.addoption("--sglang-slo", action="append", default=None, metavar="SLO",
@@ -310,6 +329,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("sglang_report_dir", "default --sglang-report-dir", default="reports")
     parser.addini("sglang_strict_slo", "default --sglang-strict-slo", type="bool", default=False)
     parser.addini("sglang_ready_timeout", "default --sglang-ready-timeout", default="")
+    parser.addini("sglang_progress_interval", "default --sglang-progress-interval", default="")
     parser.addini("sglang_tie_margin", "default --sglang-tie-margin", default="")
     parser.addini("sglang_prometheus_url", "default --sglang-prometheus-url", default="")
     parser.addini("sglang_search", "default --sglang-search", default="grid")

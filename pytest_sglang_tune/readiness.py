@@ -15,6 +15,7 @@ import requests
 
 from pytest_sglang_tune.backends.base import Deployment
 from pytest_sglang_tune.errors import FlagsNotApplied, InfeasibleConfig, NotReady
+from pytest_sglang_tune.redact import redact_text
 
 POLL_S = 0.25
 
@@ -41,8 +42,31 @@ def classify_failure(log_tail: str) -> str | None:
     return None
 
 
-def wait_ready(deployment: Deployment, *, timeout: float, config_id: str | None = None) -> float:
-    """Block until the server answers; return the seconds it took."""
+def wait_ready(deployment: Deployment, *, timeout: float, config_id: str | None = None, progress: Any = None,
+               label: str = "") -> float:
+    """Block until the server answers; return the seconds it took. ``progress`` (a ``progress.Progress``) shows
+    ``waiting for readiness 2m10s/30m, log: <the server's last log line>`` about once a second."""
+    if progress is None:
+        return _wait_ready(deployment, timeout, config_id, lambda: None)
+    from pytest_sglang_tune.progress import duration
+
+    start, shown = time.monotonic(), [0.0]
+
+    def tick() -> None:
+        now = time.monotonic()
+        if now - shown[0] < 1.0:
+            return
+        shown[0] = now
+        last_line = next((ln.strip() for ln in reversed(deployment.logs(5).splitlines()) if ln.strip()), "")
+        progress.update(f"{label + ': ' if label else ''}waiting for readiness {duration(now - start)}/"
+                        f"{duration(timeout)}" + (f", log: {redact_text(last_line)}" if last_line else ""))
+    try:
+        return _wait_ready(deployment, timeout, config_id, tick)
+    finally:
+        progress.clear()
+
+
+def _wait_ready(deployment: Deployment, timeout: float, config_id: str | None, tick: Any) -> float:
     ep = deployment.endpoint
     start = time.monotonic()
     deadline = start + timeout
@@ -69,6 +93,7 @@ def wait_ready(deployment: Deployment, *, timeout: float, config_id: str | None 
                 last = f"{stage} answered HTTP {r.status_code}"
             except requests.RequestException as exc:
                 last = f"{stage}: {type(exc).__name__}"
+            tick()
             if time.monotonic() > deadline:
                 raise NotReady(f"server not ready after {timeout:.0f}s (last: {last}); raise the timeout with "
                                "--sglang-ready-timeout if the model needs longer to load", config_id=config_id,
@@ -122,17 +147,29 @@ def check_flags_applied(info: Mapping[str, Any], server_args: Mapping[str, Any],
         raise FlagsNotApplied("flags not applied: " + "; ".join(problems), config_id=config_id, log_tail=log_tail)
 
 
-def flush_and_drain(deployment: Deployment, *, timeout: float = 30.0) -> None:
-    """Between points: flush the prefix cache; SGLang refuses while requests run, so retrying also drains."""
+FLUSH_TIMEOUT_S = 30.0
+
+
+def flush_and_drain(deployment: Deployment, *, timeout: float | None = None) -> str | None:
+    """Between points: flush the prefix cache; SGLang refuses while requests run, so retrying also drains.
+
+    Returns None when flushed (or when the server died: the point's watchdog reports that), else why not — a
+    warning for the next point, whose cache hits may then include the previous point's prefixes."""
+    timeout = FLUSH_TIMEOUT_S if timeout is None else timeout
     ep = deployment.endpoint
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    last = "no answer"
+    while True:
         try:
             r = requests.post(ep.url("/flush_cache"), headers=ep.headers(), timeout=10)
             if r.status_code == 200:
-                return
-        except requests.RequestException:
-            pass
+                return None
+            last = f"HTTP {r.status_code}: {r.text.strip()[:200]}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
         if deployment.poll() is not None:
-            return
+            return None
+        if time.monotonic() >= deadline:
+            return (f"the prefix cache was not flushed before the point (gave up after {timeout:g} s; last answer "
+                    f"from /flush_cache: {last}); cache hits may include earlier points' prefixes")
         time.sleep(0.2)

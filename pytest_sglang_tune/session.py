@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ class TuneSession:
     _machine: dict[str, Any] | None = None
     _introspected: dict[str, Any] = field(default_factory=dict)
     _closed: bool = False
+    _progress: Any = None
     grid_gpu_s: float | None = None  # what measuring every config would cost (predicted), when a search knows it
     missed: dict[tuple[str, str, str], str] = field(default_factory=dict)  # --sglang-early-stop: first miss
     searches: dict[str, Any] = field(default_factory=dict)  # suite name -> search.setup.SearchSetup
@@ -73,6 +73,17 @@ class TuneSession:
     @property
     def run_dir(self) -> Path:
         return self.options.report_dir / self.run_id
+
+    @property
+    def progress(self) -> Any:
+        """Where long steps report (``progress.make_progress``), made on first use (the terminal reporter
+        exists by then)."""
+        if self._progress is None:
+            from pytest_sglang_tune.progress import make_progress
+
+            self._progress = make_progress(self.config, run_dir=self.run_dir, worker_id=self.worker_id,
+                                           interval=self.options.progress_interval)
+        return self._progress
 
     # --- the backend and its engine ---------------------------------------------------------------------------
     @property
@@ -83,8 +94,7 @@ class TuneSession:
             from pytest_sglang_tune.backends.registry import BUILTIN_NAMES
 
             context = BackendContext(options=self.options, run_id=self.run_id, log_dir=self.run_dir / "logs",
-                                     worker_id=self.worker_id, progress=terminal_progress(self.config,
-                                                                                          self.options.backend))
+                                     worker_id=self.worker_id, progress=self.progress.update)
             made = self.config.hook.pytest_sglang_tune_make_backend(config=self.config, name=self.options.backend,
                                                                     gpus=self.options.gpus, context=context)
             if made is None:
@@ -96,7 +106,7 @@ class TuneSession:
             except TypeError as exc:
                 raise pytest.UsageError(f"--backend={self.options.backend!r}: {exc}") from None
             self._engine = Engine(options=self.options, run_id=self.run_id, backend=backend,
-                                  lease_dir=self.lease_dir)
+                                  lease_dir=self.lease_dir, progress=self.progress)
         return self._engine
 
     def asked_engine(self) -> Engine:
@@ -463,24 +473,3 @@ def short_report(report: pytest.TestReport) -> str:
         if "Error:" in ln or ln.startswith("E "):
             return ln.removeprefix("E ").strip()[:500]
     return (lines[-1] if lines else "")[:500]
-
-
-def terminal_progress(config: pytest.Config, backend: str) -> Callable[[str], None]:
-    """Progress lines on pytest's terminal, past output capturing (xdist workers have no terminal: their real
-    stderr, which xdist shows)."""
-    tr = config.pluginmanager.getplugin("terminalreporter")
-    capman = config.pluginmanager.getplugin("capturemanager")
-    prefix = f"sglang-tune {backend}"
-    if tr is None or capman is None:
-        def to_stderr(msg: str) -> None:
-            stream = sys.__stderr__
-            if stream is not None:
-                stream.write(f"\n{prefix}: {msg}\n")
-                stream.flush()
-        return to_stderr
-
-    def emit(msg: str) -> None:
-        with capman.global_and_fixture_disabled():
-            tr.ensure_newline()
-            tr.write_line(f"{prefix}: {msg}")
-    return emit

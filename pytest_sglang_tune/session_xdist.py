@@ -56,12 +56,32 @@ class XdistHooks:
 
     def __init__(self, session: TuneSession) -> None:
         self.session = session
+        self.view: Any = None  # controller: progress.WorkerView, one line per busy worker
 
     # controller ----------------------------------------------------------------------------------------------
     def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Any) -> None:
         """Ask the backend before workers start (a refusal would crash each worker instead)."""
         if self.session.options.backend != "sim":
             self.session.asked_engine()
+        from pytest_sglang_tune.progress import NullProgress, WorkerView
+
+        if not isinstance(self.session.progress, NullProgress):
+            self.view = WorkerView(self.session.run_dir / "progress", self.session.progress)
+            self.view.start()
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> Any:
+        """Controller: the workers' progress lines step aside while pytest reports a test."""
+        if self.view is None:
+            return (yield)
+        with self.view.sink.paused():
+            return (yield)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.view is not None:
+            self.view.stop()
+            self.view = None
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["sglang_tune_run_id"] = self.session.run_id

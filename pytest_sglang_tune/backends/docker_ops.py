@@ -157,7 +157,7 @@ def pull_with_progress(api: Any, image: str, emit: Callable[[str], None], *, eve
             last = now
             cur = sum(c if lid not in done else t for lid, (c, t) in layers.items())
             tot = sum(t for _, t in layers.values())
-            emit(f"pulling {image}: {len(done)} layer(s) done, {cur / 1e6:.0f}/{tot / 1e6:.0f} MB")
+            emit(f"pulling {image}: {cur / tot:.0%}, {cur / 1e6:.0f}/{tot / 1e6:.0f} MB, {len(done)} layer(s) done")
     took = time.monotonic() - start
     emit(f"pulled {image} in {took:.1f}s ({len(done)} layer(s))")
     return took

@@ -47,7 +47,7 @@ from pytest_sglang_tune.loadgen.client import (
 )
 from pytest_sglang_tune.loadgen.fastclient import LeanStreamer
 from pytest_sglang_tune.loadgen.prompts import PATHS, ChatCalibration, calibrate_chat
-from pytest_sglang_tune.loadgen.samples import PointResult, RequestSample
+from pytest_sglang_tune.loadgen.samples import PointResult, RequestCounter, RequestSample
 from pytest_sglang_tune.loadgen.schedule import open_loop_offsets, requests_of
 from pytest_sglang_tune.loadgen.sessions import Turn, build_sessions, next_requested_input, session_samples, turn_body
 from pytest_sglang_tune.loadgen.windows import finish_point
@@ -89,8 +89,10 @@ class _Point:
         shard: tuple[int, int] = (0, 1),
         calibration: ChatCalibration | None = None,
         start_at: Callable[[], Awaitable[float]] | None = None,
+        counter: RequestCounter | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.counter = counter
         self.lean = lean
         self._wire: dict[int, bytes] = {}
         self.workload = workload
@@ -251,6 +253,10 @@ class _Point:
             await stream_request(self.session(), self.endpoint.url(path), wire, sample, native=self.native)
         if measured:
             self.last_end = time.perf_counter()
+            if (c := self.counter) is not None:
+                c.done += 1
+                c.output_tokens += sample.output_tokens or 0
+                c.failed += sample.error is not None
 
     async def _session_unit(self, plan: list[Turn], samples: list[RequestSample], measured: bool) -> None:
         history: list[dict[str, str]] = []
@@ -392,6 +398,7 @@ async def measure_async(
     shard: tuple[int, int] = (0, 1),
     calibration: ChatCalibration | None = None,
     start_at: Callable[[], Awaitable[float]] | None = None,
+    counter: RequestCounter | None = None,
 ) -> tuple[PointResult, list[int]]:
     """One process's part of a point (all of it for ``shard=(0, 1)``), before the time windows are applied;
     also returns each sent measured sample's index in the whole point."""
@@ -399,7 +406,7 @@ async def measure_async(
     lean = _lean_for(endpoint, transport)
     session = make_session(endpoint, load.concurrency) if lean is None else None
     point = _Point(endpoint, workload, load, session, scrape_metrics, lean, shard=shard, calibration=calibration,
-                   start_at=start_at)
+                   start_at=start_at, counter=counter)
     main: asyncio.Task[PointResult] = asyncio.create_task(point.run())
     guard = asyncio.create_task(_watch(watchdog)) if watchdog is not None else None
     try:
@@ -432,6 +439,7 @@ async def run_point_async(
     scrape_metrics: bool = False,
     timeout_s: float = 600.0,
     transport: str = "auto",
+    counter: RequestCounter | None = None,
 ) -> PointResult:
     """Measure ``workload`` at ``load`` against ``endpoint``; see the module docstring for the rules.
 
@@ -439,7 +447,7 @@ async def run_point_async(
     over aiohttp otherwise; ``lean`` and ``aiohttp`` force one (the benchmark compares them).
     """
     point, _ = await measure_async(endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics,
-                                   timeout_s=timeout_s, transport=transport)
+                                   timeout_s=timeout_s, transport=transport, counter=counter)
     return finish_point(point, workload)
 
 
@@ -464,12 +472,13 @@ def run_point_single(
     scrape_metrics: bool = False,
     timeout_s: float = 600.0,
     transport: str = "auto",
+    counter: RequestCounter | None = None,
 ) -> PointResult:
     """Synchronous ``run_point_async`` on a fresh event loop (uvloop when installed); not inside a loop.
     (``loadgen.point.run_point`` is the entry point: it also spreads a point over processes.)"""
     coro = run_point_async(
         endpoint, workload, load, watchdog=watchdog, scrape_metrics=scrape_metrics, timeout_s=timeout_s,
-        transport=transport,
+        transport=transport, counter=counter,
     )
     with new_loop_runner() as runner:
         return runner.run(coro)

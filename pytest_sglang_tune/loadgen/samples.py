@@ -64,6 +64,16 @@ class RequestSample:
         return (self.done - self.first_token) / (n - 1)
 
 
+@dataclass(slots=True)
+class RequestCounter:
+    """Measured requests finished so far, for progress: the load generator's loop adds to it (a few integer
+    additions per request, nothing else), a progress ticker thread reads it about once a second."""
+
+    done: int = 0
+    failed: int = 0
+    output_tokens: int = 0
+
+
 @dataclass
 class PointResult:
     """Everything measured at one load level of one workload."""

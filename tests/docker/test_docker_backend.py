@@ -34,7 +34,8 @@ def test_pipeline_pulls_deploys_benchmarks_reports_and_removes(pytester: pytest.
     except Exception:
         pass
     pytester.makefile(".yaml", tune_dk=suite_yaml())
-    result = pytester.runpytest_subprocess("--backend=docker", "-p", "no:cacheprovider")
+    # no terminal here: progress lines appear once a step has run --sglang-progress-interval seconds (0: at once)
+    result = pytester.runpytest_subprocess("--backend=docker", "-p", "no:cacheprovider", "--sglang-progress-interval=0")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"*pulling {test_image} ...*", f"*pulled {test_image} in *s (* layer(s))*"])
     result.stdout.fnmatch_lines(["*sglang-tune: top configurations*", f"docker: pulled {test_image} in *"])
