@@ -70,6 +70,10 @@ def test_each_strategy_runs_ranks_and_says_what_it_did_not_measure(pytester: pyt
     assert all(r["predicted"] is not None for r in search["not_measured"])  # the predictor's figure for each
     ranked = {e["config_id"] for e in report["ranking"]}
     assert ranked == measured
+    (html,) = pytester.path.glob("reports/*/report.html")
+    page = html.read_text()
+    assert '<table class="search-measured">' in page
+    assert all(f'data-config-id="{c}"' in page for c in measured | not_measured)  # side by side, and the rest
     junit = (pytester.path / "junit.xml").read_text()
     assert 'name="sglang.trial.config_id"' in junit
     text = result.stdout.str()
