@@ -326,3 +326,21 @@ def test_spearman() -> None:
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2], [1, 2]) is None
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+# --- which sim GPU a real machine's predictions stand for -------------------------------------------------------
+
+@pytest.mark.parametrize(("nvml_name", "sim"), [("NVIDIA H100 80GB HBM3", "h100_sxm"), ("NVIDIA H200", "h200_sxm"),
+                                                 ("NVIDIA A100-SXM4-80GB", "a100_sxm"), ("NVIDIA L40S", "l40s")])
+def test_a_detected_gpu_maps_to_the_sim_gpu_it_is(nvml_name: str, sim: str) -> None:
+    from pytest_sglang_tune.search.setup import sim_gpu_for
+
+    assert sim_gpu_for([nvml_name]) == sim
+
+
+def test_an_unknown_gpu_is_an_error_naming_the_known_ones() -> None:
+    from pytest_sglang_tune.search.setup import sim_gpu_for
+
+    with pytest.raises(ValueError, match=r"NVIDIA GeForce RTX 4090: not a GPU the sim knows; set "
+                                         r"--sglang-predict-gpu to one of: .*h100_sxm.*l40s"):
+        sim_gpu_for(["NVIDIA GeForce RTX 4090"])
