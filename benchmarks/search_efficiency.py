@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'final ok':>8} {'trials':>6}")
     out: dict[str, Any] = {"sigmas": vars(sigmas), "seeds": args.seeds, "budget": args.budget, "suites": {}}
     counted: list[str] = []
-    for grid, res in zip(grids, results):
+    for grid, res in zip(grids, results, strict=True):
         rho = statistics.median(res["spearman"]) if res["spearman"] else math.nan
         counts = rho <= MAX_SPEARMAN
         if counts:
@@ -370,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':<18} (Spearman {rho:.3f} > {MAX_SPEARMAN}: not counted toward the targets)")
 
     print(f"\nsuites counted (Spearman ≤ {MAX_SPEARMAN}): {len(counted)} of {len(grids)}")
-    pooled = {s: summarize([r for g, res in zip(grids, results) if g["suite"] in counted for r in res["rows"]
-                            if r["strategy"] == s]) for s in args.strategies}
+    rows = [r for g, res in zip(grids, results, strict=True) if g["suite"] in counted for r in res["rows"]]
+    pooled = {s: summarize([r for r in rows if r["strategy"] == s]) for s in args.strategies}
     for s, v in pooled.items():
         print(f"  all counted suites, {s:<10} to 2% p50 {share(v['median'])}, p90 {share(v['p90'])}, final answer "
               f"within 2% in {v['final_within']:.0%} of {v['seeds']} runs")
