@@ -12,9 +12,16 @@ enter the ranking, diff matching or resume.
 
 ``predicted`` spends the budget on the predicted best first, with a diversity rule: before anything else, every
 value of every varying flag gets its best-predicted config measured (so one wrong prediction cannot hide a whole
-region). Measurements then re-rank what is left: predictions are scaled by the median measured/predicted ratio,
-and the search stops when the measured best beats every remaining (scaled) prediction by more than the
-predictor's measured error (the median absolute log ratio, at least ``MIN_ERROR``).
+region). Measurements then re-rank what is left: predictions are scaled by the median measured/predicted ratio
+and, where the measurements say the predictor is wrong about one value of a flag, by that value's own ratio (the
+log ratios fitted as a sum of one term per flag value, each shrunk toward 0 until a few configs with that value
+are measured: a simulator that misjudges a flag misjudges every config that sets it). The search stops when the
+measured best beats every remaining (scaled) prediction by more than the predictor's measured error (the median
+absolute log ratio of each measured config as the others' scaling predicts it, at least ``MIN_ERROR``; for a
+config whose flag values few measured configs share, the uncorrected error times √Σ 1/(1 + configs measured with
+each value), when that is more). Predicted
+SLO misses come after predicted passes and do not hold the search, until a measurement contradicts a predicted
+SLO verdict: from then on they are ranked and weighed like the others.
 """
 
 from __future__ import annotations
@@ -163,12 +170,56 @@ def propose_halving(plan: Plan, trials: Sequence[TrialInfo], rng: random.Random)
 
 def predictor_error(plan: Plan, trials: Sequence[TrialInfo]) -> tuple[float, float]:
     """(median measured/predicted ratio, median |log ratio|) over completed full trials; (1, ∞) before any."""
-    by_id = plan.by_id
-    logs = [math.log(t.value / p) for t in trials if t.done and t.fidelity == "full" and t.value and t.value > 0
-            and (p := by_id[t.config_id].predicted) and p > 0]
+    logs = [x for _, x in _log_ratios(plan, trials)]
     if not logs:
         return 1.0, math.inf
     return math.exp(statistics.median(logs)), max(MIN_ERROR, statistics.median(abs(x) for x in logs))
+
+
+def _log_ratios(plan: Plan, trials: Sequence[TrialInfo]) -> list[tuple[Candidate, float]]:
+    by_id = plan.by_id
+    return [(by_id[t.config_id], math.log(t.value / p)) for t in trials
+            if t.done and t.fidelity == "full" and t.value and t.value > 0
+            and (p := by_id[t.config_id].predicted) and p > 0]
+
+
+SHRINK = 1.0    # a flag value's own ratio counts as much as this many measurements saying "no correction"
+SWEEPS = 8
+
+
+def _fit(pairs: Sequence[tuple[Sequence[tuple[str, str]], float]]) -> tuple[float, dict[tuple[str, str], float]]:
+    """Backfit log ratio ≈ base + Σ term[flag value] (each term shrunk by ``SHRINK``)."""
+    base = statistics.median(x for _, x in pairs)
+    terms: dict[tuple[str, str], float] = {k: 0.0 for ks, _ in pairs for k in ks}
+    flags = sorted({f for f, _ in terms})
+    for _ in range(SWEEPS):
+        for flag in flags:
+            sums: dict[tuple[str, str], float] = {}
+            counts: dict[tuple[str, str], int] = {}
+            for ks, x in pairs:
+                mine = next(k for k in ks if k[0] == flag)
+                sums[mine] = sums.get(mine, 0.0) + x - base - sum(terms[k] for k in ks if k[0] != flag)
+                counts[mine] = counts.get(mine, 0) + 1
+            for k in sums:
+                terms[k] = sums[k] / (counts[k] + SHRINK)
+    return base, terms
+
+
+def flag_corrections(plan: Plan, trials: Sequence[TrialInfo]) -> tuple[float, dict[tuple[str, str], float], float]:
+    """The predictor's measured error, per flag value: (global log ratio, {(flag, repr(value)): log ratio}, error;
+    error ∞ before any trial). The error is out of sample, so it also counts what the corrections do not know yet:
+    the median |log ratio| of each measured config predicted from the others' fit (at least ``MIN_ERROR``)."""
+    pairs = [([(f, repr(v)) for f, v in sorted(c.params.items())], x) for c, x in _log_ratios(plan, trials)]
+    if not pairs:
+        return 0.0, {}, math.inf
+    base, terms = _fit(pairs)
+    if len(pairs) < 2:
+        return base, terms, math.inf
+    held_out = []
+    for i, (ks, x) in enumerate(pairs):
+        b, t = _fit(pairs[:i] + pairs[i + 1:])
+        held_out.append(abs(x - b - sum(t.get(k, 0.0) for k in ks)))
+    return base, terms, max(MIN_ERROR, statistics.median(held_out))
 
 
 def predicted_order(plan: Plan) -> list[Candidate]:
@@ -198,20 +249,42 @@ def propose_predicted(plan: Plan, trials: Sequence[TrialInfo]) -> Proposal | Sto
     for c in remaining:  # diversity first: a flag value nothing measured yet has
         if any((f, repr(c.params.get(f))) not in covered for f in flags):
             return Proposal(c.config_id, why="diversity: a flag value not measured yet")
-    ratio, err = predictor_error(plan, trials)
+    base, terms, err = flag_corrections(plan, trials)
+    ratio = math.exp(base)
     done = [t for t in trials if t.done and t.fidelity == "full"]
     best = max((score(plan, t) for t in done), default=-math.inf)
 
     def hoped(c: Candidate) -> float:
-        return plan.goodness(None if c.predicted is None else c.predicted * ratio)
+        if c.predicted is None:
+            return -math.inf
+        return plan.goodness(c.predicted * math.exp(base + sum(terms.get((f, repr(v)), 0.0)
+                                                               for f, v in c.params.items())))
 
-    remaining.sort(key=lambda c: (not c.predicted_ok, -hoped(c)))
+    by_id = plan.by_id
+    # the SLO verdicts are predictions too: once a measurement contradicts one, predicted misses are no longer
+    # put last nor left out of the stop rule
+    trust_slo = all(bool(t.ok) == by_id[t.config_id].predicted_ok for t in done if t.ok is not None)
+    remaining.sort(key=lambda c: (trust_slo and not c.predicted_ok, -hoped(c)))
+    raw = predictor_error(plan, trials)[1]
+    seen: dict[tuple[str, str], int] = {}
+    for t in done:
+        for f, v in by_id[t.config_id].params.items():
+            seen[(f, repr(v))] = seen.get((f, repr(v)), 0) + 1
+
+    def doubt(c: Candidate) -> float:
+        """The error of a config's scaled prediction: the held-out error, or more while its flag values are
+        measured on few configs (the uncorrected error shrinking as 1/√(configs measured with the value))."""
+        few = math.sqrt(sum(1.0 / (1 + seen.get((f, repr(v)), 0)) for f, v in c.params.items()))
+        return max(err, raw * few)
+
     if len(done) >= MIN_MEASURED and best > -math.inf and math.isfinite(err):
-        hope = max((hoped(c) for c in remaining if c.predicted_ok), default=-math.inf)
-        if best > hope + abs(best) * err:
+        hope = max((hoped(c) + abs(hoped(c)) * doubt(c) for c in remaining if c.predicted_ok or not trust_slo),
+                   default=-math.inf)
+        if best > hope:
             return Stop(f"search finished: the measured best beats every remaining prediction by more than the "
                         f"predictor's error ({err:.1%})")
-    return Proposal(remaining[0].config_id, why=f"predicted best of the rest (predictions scaled ×{ratio:.3g})")
+    return Proposal(remaining[0].config_id, why=f"predicted best of the rest (predictions scaled ×{ratio:.3g}, "
+                    f"{sum(1 for x in terms.values() if abs(x) >= MIN_ERROR)} flag value(s) corrected)")
 
 
 def propose(plan: Plan, trials: Sequence[TrialInfo], rng: random.Random) -> Proposal | Stop | Wait:

@@ -38,6 +38,8 @@ from pytest_sglang_tune.sim.core import EngineConfig, RequestState, SimRequest, 
 from pytest_sglang_tune.sim.perf import StepShape, StepTimer
 from pytest_sglang_tune.sim.radix import RadixCache
 
+_ENDED = (RequestState.FINISHED, RequestState.ABORTED)
+
 __all__ = ["Scheduler"]
 
 CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION
@@ -346,13 +348,25 @@ class Scheduler:
 
     def _prepare_decode(self, t: float) -> list[SimRequest]:
         """Reserve one KV slot per running request, retracting requests while the pool is short."""
+        page = self.page
         while self.running:
-            need = sum(1 for r in self.running if (r.kv_len % self.page) == 0) * self.page
+            if page == 1:
+                need = len(self.running)
+            else:
+                need = sum(1 for r in self.running if (r.kv_len % page) == 0) * page
             if need <= self.available:
                 break
             self._retract_one(t)
-        for r in self.running:
-            self._grow(r, r.kv_len + 1)
+        # one slot each; when the free pool covers them all, no request's growth evicts anything (the same
+        # allocation as growing them one by one), so allocate in one pass
+        grow = [(r, n) for r in self.running if (n := -(-(r.kv_len + 1) // page) * page - r.tree_len - r.private) > 0]
+        if sum(n for _, n in grow) <= self.capacity - self.used:
+            for r, n in grow:
+                r.private += n
+            self.private += sum(n for _, n in grow)
+        else:
+            for r, _ in grow:
+                self._grow(r, r.kv_len + 1)
         self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_ratio)
         return list(self.running)
 
@@ -396,13 +410,13 @@ class Scheduler:
             else:
                 req.state = RequestState.RUNNING
                 self.running.append(req)
-        for req in step.decode:
-            if req.finished:
+        for req in step.decode:  # the hot loop: SimRequest.finished and .target_len inlined
+            if req.state in _ENDED:
                 continue
             req.kv_len += 1
             req.out_len += 1
             emitted.append(req)
-            if req.out_len >= req.target_len:
+            if req.out_len >= len(req.output_ids):
                 finished.append(req)
         if finished:
             done = {id(r) for r in finished}
