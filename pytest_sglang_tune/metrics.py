@@ -232,7 +232,8 @@ def _rate_events(name: str, ok: Sequence[RequestSample], slos: Sequence[SLO]) ->
 
 
 def point_intervals(point: PointResult, wanted: Sequence[str], *, gpus: int, slos: Sequence[SLO] = (),
-                    seed: int = 0) -> tuple[dict[str, list[float]], dict[str, Any] | None]:
+                    seed: int = 0, resamples: int | None = None,
+                    ) -> tuple[dict[str, list[float]], dict[str, Any] | None]:
     """95 % intervals of the ``wanted`` metrics from one point's own requests: bootstrap over requests for
     latency statistics and the error rate, batch means over the window for rates (module ``stats``).
     Returns ``({metric: [lo, hi]}, {method, seed, resamples, batches})`` (None when nothing could be had)."""
@@ -245,6 +246,7 @@ def point_intervals(point: PointResult, wanted: Sequence[str], *, gpus: int, slo
         bootstrap_interval,
     )
 
+    resamples = resamples or BOOTSTRAP_RESAMPLES
     measured = [s for s in point.samples if not s.warmup]
     ok = [s for s in measured if s.ok]
     out: dict[str, list[float]] = {}
@@ -253,18 +255,20 @@ def point_intervals(point: PointResult, wanted: Sequence[str], *, gpus: int, slo
         ci = None
         if metric.name in _PER_REQUEST_SECONDS:
             groups = [[v * 1000.0] for s in ok if (v := getattr(s, _PER_REQUEST_SECONDS[metric.name])) is not None]
-            ci = bootstrap_interval(groups, metric.stat or "mean", seed=seed)
+            ci = bootstrap_interval(groups, metric.stat or "mean", seed=seed, resamples=resamples)
         elif metric.name == "itl_ms":
-            ci = bootstrap_interval([[x * 1000.0 for x in s.itl_s()] for s in ok], metric.stat or "mean", seed=seed)
+            ci = bootstrap_interval([[x * 1000.0 for x in s.itl_s()] for s in ok], metric.stat or "mean", seed=seed,
+                                    resamples=resamples)
         elif metric.name == "error_rate":
-            ci = bootstrap_interval([[0.0 if s.ok else 1.0] for s in measured], "mean", seed=seed)
+            ci = bootstrap_interval([[0.0 if s.ok else 1.0] for s in measured], "mean", seed=seed,
+                                    resamples=resamples)
         elif metric.name in _RATES:
             scale = 1.0 / gpus if metric.name == "output_throughput_per_gpu" else 1.0
             ci = batch_means_interval(_rate_events(metric.name, ok, slos), point.started, point.finished,
                                       scale=scale)
         if ci is not None:
             out[name] = [round(ci[0], 6), round(ci[1], 6)]
-    method = {"method": METHOD_SINGLE, "seed": seed, "resamples": BOOTSTRAP_RESAMPLES, "batches": BATCHES}
+    method = {"method": METHOD_SINGLE, "seed": seed, "resamples": resamples, "batches": BATCHES}
     return out, (method if out else None)
 
 

@@ -28,6 +28,9 @@ from pytest_sglang_tune.space import TuneConfig
 from pytest_sglang_tune.suite import Suite
 
 PREDICTED = "predicted"
+# Bootstrap resamples of a predicted point's intervals (they only decide predicted ties; a measured point gets
+# stats.BOOTSTRAP_RESAMPLES): the ends move by about 1/sqrt of this share of the interval; recorded per result.
+PREDICT_RESAMPLES = 250
 
 
 @dataclass
@@ -163,7 +166,8 @@ def _point(out: ConfigPrediction, suite: Suite, cfg: TuneConfig, wl: Any, index:
     metrics = summarize(point, gpus=cfg.gpus, slos=suite.slos)
     seed = interval_seed(result.point)
     wanted = [str(suite.objective.metric), *(str(s.metric) for s in suite.slos)]  # what ranking reads
-    confidence, method = point_intervals(point, wanted, gpus=cfg.gpus, slos=suite.slos, seed=seed)
+    confidence, method = point_intervals(point, wanted, gpus=cfg.gpus, slos=suite.slos, seed=seed,
+                                         resamples=PREDICT_RESAMPLES)
     m = Measurement(metrics=metrics, warnings=tuple(point.warnings), confidence=confidence, confidence_method=method)
     result = with_measurement(result, m, suite, cfg.gpus)
     measure_s = duration_of(point)
