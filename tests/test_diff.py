@@ -102,7 +102,6 @@ def test_refuses_different_setups(change: dict[str, str], message: str) -> None:
     assert any(message in w for w in res.warnings)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: a sim report without physics_version (physics 1) diffs silently")
 def test_refuses_a_sim_report_from_before_the_physics_version() -> None:
     """Issue 11: reports from before the physics bump (their sim block has no ``physics_version``: physics 1)
     are not compared with physics-2 reports as if the server were the same."""
