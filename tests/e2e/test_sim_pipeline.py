@@ -78,6 +78,12 @@ def test_pipeline_end_to_end(pytester: pytest.Pytester) -> None:
         assert m["completed"] == res["workload"]["num_requests"]
         assert m["ttft_ms"]["p50"] > 0 and m["itl_ms"]["p50"] > 0 and m["output_throughput"] > 0
         assert res["perf_model"] and res["launch_command"].count("--schedule-policy") <= 1
+        # issue 11: every report names the perf model, its data version and GPU, and what the sim does not model
+        assert set(res["perf_model"]) >= {"name", "data_version", "gpu"} and res["perf_model"]["gpu"] == "h100_sxm"
+        assert res["perf_model"]["data_version"]
+        sim = res["sim"]
+        assert sim["physics_version"] == 2 and "speculative decoding" in sim["not_modelled"]
+        assert (sim["prefill_mode"], sim["prefill_mode_source"]) == ("strict", "--enable-mixed-chunk")
         assert res["sglang_version"] == "0.5.23"
     assert {r["load"]["concurrency"] for r in report["ranking"]} == {1, 4}
     # GPU-time accounting: the sim's virtual figures (its predicted start-up, its clock), deploy on first points
