@@ -288,6 +288,29 @@ def test_baseline_gate_and_release_diff(pytester: pytest.Pytester) -> None:
     assert cli(["diff", str(old), str(new), "--allow-different", "--fail-on", "output_throughput:-5%"]) == 1
 
 
+def test_two_runs_of_tied_configs_diff_as_unchanged_within_noise(pytester: pytest.Pytester,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10, ties: a 2-config suite (lpm and fcfs, no shared prefixes: the same within noise) run twice;
+    ``sglang-tune diff`` keeps the best config, "unchanged within noise", instead of announcing a new best."""
+    from pytest_sglang_tune.cli import main as cli
+
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", concurrency="[1]", num_requests="[4]"))
+    reports = []
+    for run in ("a", "b"):
+        result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider",
+                                               f"--sglang-report-dir={run}")
+        result.assert_outcomes(passed=2)
+        (path,) = (pytester.path / run).glob("*/report.json")
+        reports.append(str(path))
+    ranking = load_report(reports[1])["ranking"]
+    assert [e["rank"] for e in ranking] == [1, 1] and all(e["tied"] for e in ranking)
+    capsys.readouterr()
+    assert cli(["diff", *reports]) == 0
+    out = capsys.readouterr().out
+    assert "best config unchanged within noise:" in out and "(tied in the new run with " in out
+    assert "THE BEST CONFIG CHANGED" not in out
+
+
 def test_repeats_give_intervals_and_the_report_has_analysis(pytester: pytest.Pytester) -> None:
     text = suite("Qwen/Qwen3-8B", concurrency="[2]", num_requests="[4]") + "repeats: 3\n"
     pytester.makefile(".yaml", tune_demo=text)
