@@ -142,8 +142,8 @@ def fingerprint(run: Mapping[str, Any], results: Sequence[Mapping[str, Any] | Re
         gpu = pm.get("gpu") or sim.get("gpu")
         if gpu:
             fp["GPU type"].add(str(gpu))
-        if sim.get("physics_version") is not None:
-            fp["sim physics version"].add(str(sim["physics_version"]))
+        if sim:  # a simulated server; its sim block had no physics_version before version 2 (sim/config.py)
+            fp["sim physics version"].add(str(sim.get("physics_version") or 1))
     if run.get("backend") != "sim" and typed:
         fp["GPU type"] = {machine_gpus(run) or UNKNOWN}
     elif not fp["GPU type"] and any(r.measured for r in typed):

@@ -78,3 +78,16 @@ def test_dataset_and_turns(sim_url: str, tmp_path: Path) -> None:  # noqa: F811
 def test_bad_bench_options(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     _, err = bench("http://127.0.0.1:9", tmp_path, *args, ok=False)
     assert message in err
+
+
+def test_bench_against_a_sim_warns_on_flags_it_does_not_model(tmp_path: Path) -> None:
+    """Issue 11 item 7: ``sglang-tune bench`` against a sim names its perf model and the flags it does not model."""
+    from servers import SIM, serving
+
+    with serving([*SIM, "--served-model-name", "q", "--schedule-policy", "dfs-weight"]) as url:
+        report, out = bench(url, tmp_path, "--scenario", "D(16,4)", "--num-requests", "2")
+    (r,) = report["results"]
+    assert r["perf_model"]["name"] in ("aiconfigurator-core", "roofline") and r["perf_model"]["gpu"] == "h100_sxm"
+    expected = "flags not modelled by the sim (accepted, no effect): schedule_policy=dfs-weight (runs as fcfs)"
+    assert expected in r["warnings"]
+    assert "dfs-weight" in out

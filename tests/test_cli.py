@@ -71,6 +71,20 @@ def test_report_problems_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not (tmp_path / "report.html").exists()
 
 
+def test_an_old_v1_report_still_diffs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10: a schema-1 report (tests/fixtures/report_v1.json) diffs against itself and catches a regression."""
+    assert main(["diff", str(FIXTURE), str(FIXTURE)]) == 0
+    assert "matched 2 results" in capsys.readouterr().out
+    slower = json.loads(FIXTURE.read_text())
+    for r in slower["results"]:
+        if r["metrics"]:
+            r["metrics"]["output_throughput"] *= 0.8
+    new = tmp_path / "slower.json"
+    new.write_text(json.dumps(slower))
+    assert main(["diff", str(FIXTURE), str(new), "--fail-on", "output_throughput:-5%"]) == 1
+    assert "crosses output_throughput:-5%" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv", [[], ["nonsense"], ["report"], ["report", "a", "b"], ["validate"],
                                   ["report", "x.json", "--bogus"]])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -102,6 +102,16 @@ def test_refuses_different_setups(change: dict[str, str], message: str) -> None:
     assert any(message in w for w in res.warnings)
 
 
+def test_refuses_a_sim_report_from_before_the_physics_version() -> None:
+    """Issue 11: reports from before the physics bump (their sim block has no ``physics_version``: physics 1)
+    are not compared with physics-2 reports as if the server were the same."""
+    new = report(result("a~1", 1000, 100))
+    new["results"][0]["sim"]["physics_version"] = 2
+    with pytest.raises(IncomparableReports, match="sim physics version differs: 1 → 2"):
+        diff_reports(OLD, new)
+    assert diff_reports(new, new).matched == 1
+
+
 def trace_level(cfg: str, time_scale: float, rate: float, content: str) -> dict[str, Any]:
     r = result(cfg, 1000, 100, content=content)
     r["load"] = {"concurrency": None, "request_rate": rate, "time_scale": time_scale}

@@ -210,6 +210,19 @@ def test_last_failed_and_friends_after_an_xdist_run(pytester: pytest.Pytester, d
     result.stdout.fnmatch_lines(["*3/4 tests collected (1 deselected)*"])
 
 
+@pytest.mark.slow
+def test_stepwise_continues_from_the_failed_suite_item(pytester: pytest.Pytester) -> None:
+    """Bug 4's --sw round trip: the first run stops at the failing config, the next starts from it."""
+    _lf_project(pytester)
+    result = pytester.runpytest_subprocess("--backend=sim", "--sw", "-p", "no:xdist")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*Test failed, continuing from this test next run*"])
+    result = pytester.runpytest_subprocess("--backend=sim", "--sw", "-p", "no:xdist", "-v")
+    result.stdout.fnmatch_lines(["*stepwise: skipping 2 already passed items*",
+                                 "tune_lf.yaml::chat[[]fcfs-c1[]] ERROR*"])
+    result.assert_outcomes(errors=1)
+
+
 # --- 5. strict SLOs and cost without a price --------------------------------------------------------------------
 
 TINY_SIM_SUITE = """\

@@ -78,6 +78,12 @@ def test_pipeline_end_to_end(pytester: pytest.Pytester) -> None:
         assert m["completed"] == res["workload"]["num_requests"]
         assert m["ttft_ms"]["p50"] > 0 and m["itl_ms"]["p50"] > 0 and m["output_throughput"] > 0
         assert res["perf_model"] and res["launch_command"].count("--schedule-policy") <= 1
+        # issue 11: every report names the perf model, its data version and GPU, and what the sim does not model
+        assert set(res["perf_model"]) >= {"name", "data_version", "gpu"} and res["perf_model"]["gpu"] == "h100_sxm"
+        assert res["perf_model"]["data_version"]
+        sim = res["sim"]
+        assert sim["physics_version"] == 2 and "speculative decoding" in sim["not_modelled"]
+        assert (sim["prefill_mode"], sim["prefill_mode_source"]) == ("strict", "--enable-mixed-chunk")
         assert res["sglang_version"] == "0.5.23"
     assert {r["load"]["concurrency"] for r in report["ranking"]} == {1, 4}
     # GPU-time accounting: the sim's virtual figures (its predicted start-up, its clock), deploy on first points
@@ -280,6 +286,29 @@ def test_baseline_gate_and_release_diff(pytester: pytest.Pytester) -> None:
     (new,) = (pytester.path / "new").glob("*/report.json")
     assert cli(["diff", str(old), str(new)]) == 3  # different sim GPUs: refused
     assert cli(["diff", str(old), str(new), "--allow-different", "--fail-on", "output_throughput:-5%"]) == 1
+
+
+def test_two_runs_of_tied_configs_diff_as_unchanged_within_noise(pytester: pytest.Pytester,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10, ties: a 2-config suite (lpm and fcfs, no shared prefixes: the same within noise) run twice;
+    ``sglang-tune diff`` keeps the best config, "unchanged within noise", instead of announcing a new best."""
+    from pytest_sglang_tune.cli import main as cli
+
+    pytester.makefile(".yaml", tune_demo=suite("Qwen/Qwen3-8B", concurrency="[1]", num_requests="[4]"))
+    reports = []
+    for run in ("a", "b"):
+        result = pytester.runpytest_subprocess("--backend=sim", "-p", "no:cacheprovider",
+                                               f"--sglang-report-dir={run}")
+        result.assert_outcomes(passed=2)
+        (path,) = (pytester.path / run).glob("*/report.json")
+        reports.append(str(path))
+    ranking = load_report(reports[1])["ranking"]
+    assert [e["rank"] for e in ranking] == [1, 1] and all(e["tied"] for e in ranking)
+    capsys.readouterr()
+    assert cli(["diff", *reports]) == 0
+    out = capsys.readouterr().out
+    assert "best config unchanged within noise:" in out and "(tied in the new run with " in out
+    assert "THE BEST CONFIG CHANGED" not in out
 
 
 def test_repeats_give_intervals_and_the_report_has_analysis(pytester: pytest.Pytester) -> None:
