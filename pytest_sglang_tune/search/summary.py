@@ -80,7 +80,9 @@ def summarize_search(run_dir: Path, suite: str, strategy: str, budget: Budget,
     stop = stop_file(directory, suite)
     stopped = stop.read_text().strip() if stop.is_file() else None
     n_trials = len({n for row in rows for n in row["trials"]})
-    if stopped is None and budget.trials is not None and n_trials >= budget.trials:
+    if not not_measured:
+        stopped = "search finished: every config measured"
+    elif stopped is None and budget.trials is not None and n_trials >= budget.trials:
         stopped = f"budget spent: {n_trials} of {budget.trials} trials"  # collection made no more trials than that
     return {
         "strategy": strategy, "budget": budget.text, "target": target,
