@@ -127,7 +127,6 @@ def test_field_validation_modes(fake_cluster: FakeCluster, mode: str | None) -> 
         assert warning == '299 - "unknown field \\"spec.engine.runner.arg\\""'
 
 
-@pytest.mark.xfail(strict=True, reason="a pod process started after the fake cluster closed outlives the tests")
 def test_closing_the_cluster_while_a_pod_starts_leaves_no_process(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A test that creates an InferenceService and ends at once closes the cluster while the kubelet thread is
