@@ -60,6 +60,7 @@ class FakeKubelet:
         self.argv_seen: dict[str, list[str]] = {}   # isvc name -> argv the "container" ran (after rewrites)
         self.pending: list[tuple[str, str, str]] = []   # unschedulable pods: (namespace, pod, isvc)
         self._stop = threading.Event()
+        self._lock = threading.Lock()   # no process starts once close() has begun
 
     # --- helpers -------------------------------------------------------------------------------------------
     def event(self, ns: str, kind: str, name: str, reason: str, message: str, etype: str = "Warning",
@@ -209,10 +210,13 @@ class FakeKubelet:
         self.argv_seen[name] = argv
         log = self.workdir / f"{ns}-{pod_name}.log"
         proc_env = {**os.environ, **env, "SGLANG_SIM_NUM_GPUS": "8"}   # virtual GPUs; the request is bookkeeping
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=proc_env, start_new_session=True)
-        self.procs[(ns, pod_name)] = proc
+        with self._lock:
+            if self._stop.is_set():   # the cluster is closing: a process started now would outlive it
+                return
+            with log.open("wb") as fh:
+                proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=proc_env, start_new_session=True)
+            self.procs[(ns, pod_name)] = proc
         self.api.logs[(ns, pod_name)] = log
         port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 0
         self.api.pod_ports[(ns, pod_name)] = port
@@ -288,7 +292,8 @@ class FakeKubelet:
             self.store.delete("pods", ns, pname)
 
     def close(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         for proc in list(self.procs.values()):
             self._kill(proc)
 

@@ -6,12 +6,14 @@ the behaviour it was written from (see the sources cited in each fake module).""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from fakecluster import REFERENCE_CRDS, FakeCluster, crd_errors, test_model, test_runtime
+from fakecluster import REFERENCE_CRDS, FakeCluster, crd_errors, start_cluster, test_model, test_runtime
 from fakeome import model_label
 from fakesched import effective_request, schedule
 
@@ -123,6 +125,37 @@ def test_field_validation_modes(fake_cluster: FakeCluster, mode: str | None) -> 
         assert warning is None
     else:   # Warn, also when the parameter is absent
         assert warning == '299 - "unknown field \\"spec.engine.runner.arg\\""'
+
+
+def test_closing_the_cluster_while_a_pod_starts_leaves_no_process(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that creates an InferenceService and ends at once closes the cluster while the kubelet thread is
+    between scheduling and starting the server: a process started then ran on, orphaned, after pytest exited."""
+    cluster = start_cluster(tmp_path)
+    cluster.install()
+    kubelet = cluster.controller.kubelet
+    reached, release = threading.Event(), threading.Event()
+    runnable = kubelet._runnable
+
+    def held(argv: list[str]) -> list[str]:
+        reached.set()
+        release.wait(10)
+        return runnable(argv)
+
+    monkeypatch.setattr(kubelet, "_runnable", held)
+    try:
+        assert post(cluster, isvc(), "Strict").status_code == 201
+        assert reached.wait(10), "the kubelet never got to start the pod"
+        cluster.controller.close()
+        release.set()
+        deadline = time.monotonic() + 2.0
+        while not kubelet.procs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p.pid for p in kubelet.procs.values() if p.poll() is None] == []
+    finally:
+        release.set()
+        kubelet.close()
+        cluster.api.stop()
 
 
 @pytest.mark.skipif(not REFERENCE_CRDS.is_dir(), reason=f"OME CRDs not found at {REFERENCE_CRDS}")

@@ -190,6 +190,23 @@ def test_a_cluster_with_tainted_gpu_nodes_runs_and_ranks(pytester: pytest.Pytest
     assert fake_cluster.ours() == []
 
 
+@pytest.mark.slow
+def test_a_shipped_suite_runs_and_ranks_on_a_tainted_cluster(pytester: pytest.Pytester,
+                                                             fake_cluster: FakeCluster) -> None:
+    """Issue 13's headline on a suite we ship (the trace suite: the shortest, its replay takes the trace's time;
+    it names the same runtime and model as the others), GPU nodes tainted as managed clouds taint them."""
+    shipped = Path(__file__).resolve().parents[2] / "suites" / "tune_qwen8b_trace.yaml"
+    fake_cluster.taint_gpu_nodes()
+    result = pytester.runpytest_subprocess(str(shipped), "--backend=ome", "--gpus=4", "-p", "no:cacheprovider",
+                                           "--sglang-ome-url=direct")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 2 and not {"failed", "errors", "skipped"} & set(outcomes), outcomes
+    report = report_of(pytester)
+    assert {r["backend"] for r in report["results"]} == {"ome"}
+    assert {e["suite"] for e in report["ranking"]} == {"qwen8b-trace"}
+    assert fake_cluster.ours() == []
+
+
 @pytest.mark.parametrize(("setup", "expected"), [
     ("runtime_without_toleration", "*no GPU node can run this config: 1 GPU node with untolerated taint "
                                    "nvidia.com/gpu=present:NoSchedule*"),
