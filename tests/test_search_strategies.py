@@ -344,3 +344,18 @@ def test_an_unknown_gpu_is_an_error_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"NVIDIA GeForce RTX 4090: not a GPU the sim knows; set "
                                          r"--sglang-predict-gpu to one of: .*h100_sxm.*l40s"):
         sim_gpu_for(["NVIDIA GeForce RTX 4090"])
+
+
+# --- which SLO misses end a config's load ladder ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("slo", "ends"), [("ttft_ms.p99 <= 500", True), ("itl_ms.p95 < 30", True),
+                                            ("e2e_ms.p90 <= 4000", True), ("error_rate <= 0.01", True),
+                                            ("goodput >= 5", False), ("output_throughput >= 1000", False)])
+def test_only_slos_that_worsen_with_load_end_a_ladder(slo: str, ends: bool) -> None:
+    from pytest_sglang_tune.grammar import parse_slo
+    from pytest_sglang_tune.itemkit import missed_worsening
+
+    s = parse_slo(slo)
+    missed = Result(point=Point("s", "w", "h", 16, None, "cfg"), status="passed", slo_pass=False,
+                    slo_results={slo: False})
+    assert bool(missed_worsening(missed, (s,))) is ends
