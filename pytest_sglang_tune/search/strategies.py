@@ -16,7 +16,8 @@ region). Measurements then re-rank what is left: predictions are scaled by the m
 and, where the measurements say the predictor is wrong about one value of a flag, by that value's own ratio (the
 log ratios fitted as a sum of one term per flag value, each shrunk toward 0 until a few configs with that value
 are measured: a simulator that misjudges a flag misjudges every config that sets it). The search stops when the
-measured best beats every remaining (scaled) prediction by more than the predictor's measured error (the median
+measured best beats every remaining (scaled) prediction by more than ``STOP_Z`` (2) times the predictor's
+measured error (the median
 absolute log ratio of each measured config as the others' scaling predicts it, at least ``MIN_ERROR``; for a
 config whose flag values few measured configs share, the uncorrected error times √Σ 1/(1 + configs measured with
 each value), when that is more). Predicted
@@ -38,6 +39,8 @@ from pytest_sglang_tune.search.budget import Budget
 STRATEGIES = ("grid", "random", "tpe", "halving", "predicted")
 MIN_ERROR = 0.05           # the predictor's error is never assumed smaller than this
 MIN_MEASURED = 3           # predicted: never stop before this many full measurements
+STOP_Z = 2.0               # predicted stops when the measured best beats every hope by this many predictor errors
+                           # (the error is a median |log ratio| ≈ 0.67 σ: 2 of them ≈ 1.35 σ, ~91 % one-sided)
 ETA = 3
 
 
@@ -278,11 +281,12 @@ def propose_predicted(plan: Plan, trials: Sequence[TrialInfo]) -> Proposal | Sto
         return max(err, raw * few)
 
     if len(done) >= MIN_MEASURED and best > -math.inf and math.isfinite(err):
-        hope = max((hoped(c) + abs(hoped(c)) * doubt(c) for c in remaining if c.predicted_ok or not trust_slo),
+        hope = max((hoped(c) + abs(hoped(c)) * STOP_Z * doubt(c) for c in remaining
+                    if c.predicted_ok or not trust_slo),
                    default=-math.inf)
         if best > hope:
-            return Stop(f"search finished: the measured best beats every remaining prediction by more than the "
-                        f"predictor's error ({err:.1%})")
+            return Stop(f"search finished: the measured best beats every remaining prediction by more than "
+                        f"{STOP_Z:g}× the predictor's error ({err:.1%})")
     return Proposal(remaining[0].config_id, why=f"predicted best of the rest (predictions scaled ×{ratio:.3g}, "
                     f"{sum(1 for x in terms.values() if abs(x) >= MIN_ERROR)} flag value(s) corrected)")
 
