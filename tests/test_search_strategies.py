@@ -184,6 +184,19 @@ def test_a_wrongly_predicted_region_is_still_measured() -> None:
     assert len(trials) < len(params)
 
 
+def test_predicted_puts_its_slo_verdicts_to_the_test_before_it_stops() -> None:
+    """The true best is predicted to miss an SLO (it meets it in reality): before stopping, the best config
+    predicted to miss is measured; it meets its SLOs, so the predicted misses are weighed like the rest."""
+    params = grid()
+    table = table_for(params)
+    best = max(table, key=lambda c: table[c].value)
+    cands = [Candidate(c.config_id, c.params, 1, c.predicted, c.config_id != best, 100.0)
+             for c in candidates(params, table)]
+    trials, reason = run_plan(Plan("predicted", cands), table)
+    assert best in [t.config_id for t in trials]
+    assert len(trials) < len(params) and "beats every remaining prediction" in reason
+
+
 def test_predicted_never_proposes_a_config_predicted_not_to_start() -> None:
     params = grid()
     table = table_for(params)

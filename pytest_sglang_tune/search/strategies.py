@@ -22,7 +22,8 @@ absolute log ratio of each measured config as the others' scaling predicts it, a
 config whose flag values few measured configs share, the uncorrected error times √Σ 1/(1 + configs measured with
 each value), when that is more). Predicted
 SLO misses come after predicted passes and do not hold the search, until a measurement contradicts a predicted
-SLO verdict: from then on they are ranked and weighed like the others.
+SLO verdict: from then on they are ranked and weighed like the others. Before it stops on that trust, the search
+measures the best config predicted to miss (once), so the SLO verdicts are never trusted untested.
 """
 
 from __future__ import annotations
@@ -285,6 +286,12 @@ def propose_predicted(plan: Plan, trials: Sequence[TrialInfo]) -> Proposal | Sto
                     if c.predicted_ok or not trust_slo),
                    default=-math.inf)
         if best > hope:
+            checked = any(not by_id[t.config_id].predicted_ok for t in done)
+            misses = [c for c in remaining if not c.predicted_ok and c.predicted is not None]
+            if trust_slo and not checked and misses:  # the predicted SLO misses were never put to the test
+                check = max(misses, key=hoped)
+                return Proposal(check.config_id, why="checking the predictor's SLO verdicts before trusting them: "
+                                                     "the best config predicted to miss an SLO")
             return Stop(f"search finished: the measured best beats every remaining prediction by more than "
                         f"{STOP_Z:g}× the predictor's error ({err:.1%})")
     return Proposal(remaining[0].config_id, why=f"predicted best of the rest (predictions scaled ×{ratio:.3g}, "
