@@ -143,3 +143,16 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["diff", str(old), str(other)]) == 3
     assert "not comparable: GPU type differs" in capsys.readouterr().err
     assert main(["diff", str(old), str(new), "--fail-on", "oops"]) == 2
+
+
+def test_a_search_report_matches_only_its_full_measurements_and_says_how_many_were_left() -> None:
+    """A halving run measured config a in full and screened b and c at low fidelity (fewer requests: another
+    content hash): the diff against a grid run matches a only, says two were left unmatched, and does not call
+    the screening points' other content hash a different workload."""
+    low = [{**result(c, thr * 0.9, 60, content="low"), "fidelity": "low"} for c, thr in (("b~2", 900), ("c~3", 800))]
+    search = report(result("a~1", 1000, 100), *low)
+    out = diff_reports(OLD, search)
+    assert out.matched == 1 and out.unmatched == 2
+    assert not any("content differs" in w for w in out.warnings)
+    probe = report(result("a~1", 1000, 100), {**result("b~2", 5000, 60, content="abc"), "fidelity": "probe"})
+    assert diff_reports(OLD, probe).matched == 1  # a load search's probe never stands for a full measurement
