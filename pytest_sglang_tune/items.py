@@ -19,6 +19,7 @@ from pytest_sglang_tune.points import (
     combine_runs,
     interval_seed,
     new_result,
+    point_name,
     wanted_metrics,
     with_deployment,
     with_measurement,
@@ -30,7 +31,7 @@ from pytest_sglang_tune.stash import ERROR, RESULTS, get_session
 def item_name(workload: Any, cfg: Any, load: Any) -> str:
     """The readable test name of a point: ``chat[mem0.85-lpm-c64]`` (``chat[mem0.85-lpm-max]`` for a workload
     whose load is searched)."""
-    return f"{workload.name}[{cfg.display}-{'max' if workload.max_load is not None else load.label()}]"
+    return point_name(workload.name, cfg, "max" if workload.max_load is not None else load.label())
 
 
 def check_priced(suite: Any) -> None:
@@ -94,9 +95,9 @@ class SuiteItem(TuneItem):
                                  load=load, backend=self.session_owner.options.backend,
                                  sglang_version=suite.sglang_version or table.version)
         if workload.max_load is not None:  # one item finds the config's highest load: its result is the summary
-            from pytest_sglang_tune.search.maxload import summary_point
+            from pytest_sglang_tune.search.maxload import summary_of
 
-            self.result = self.result.with_(point=summary_point(self.result))
+            self.result = summary_of(self.result, cfg)
 
     @property
     def result(self) -> Result:
@@ -177,7 +178,6 @@ class SuiteItem(TuneItem):
 
         try:
             summary = run_max_load(engine, self.suite, self.cfg, self.table, self.workload, self.result,
-                                   name=lambda load: f"{self.workload.name}[{self.cfg.display}-{load.label()}]",
                                    on_probe=keep)
         except BaseException as exc:
             note_error(self, exc)

@@ -117,6 +117,12 @@ def resume_key(result: Result) -> tuple[Any, ...]:
             dep.get("image_digest") if dep.get("image") else None, result.tool_version)
 
 
+def point_name(workload_name: str, cfg: TuneConfig, label: str) -> str:
+    """The readable name of a point in test ids and reports: ``chat[mem0.85-lpm-c64]`` (label ``max`` for a load
+    search's summary)."""
+    return f"{workload_name}[{cfg.display}-{label}]"
+
+
 def measure_once(engine: Any, suite: Suite, cfg: TuneConfig, table: Any, workload: Workload, load: Load,
                  result: Result) -> Result:
     """``result``'s point measured once on the config's live server (deployed now if it is not): deployment

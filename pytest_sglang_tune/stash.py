@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 SESSION = pytest.StashKey["TuneSession"]()
 RESULTS = pytest.StashKey[list[Result]]()   # the results a test node measured (a suite item: one)
 ERROR = pytest.StashKey[dict[str, Any]]()   # what our own error said: status, reason, log tail
+# a user property: the config a search trial measured (JUnit shows it; ``--lf`` re-runs it)
+TRIAL_CONFIG_KEY = "sglang.trial.config_id"
 
 
 def get_session(config: pytest.Config) -> TuneSession:
     """The session owner of this pytest process (created in ``pytest_configure``)."""
     return config.stash[SESSION]
-# user property: the config a search trial measured (JUnit shows it; ``--lf`` re-runs it)
-TRIAL_CONFIG_KEY = "sglang.trial.config_id"

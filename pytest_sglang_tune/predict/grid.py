@@ -22,7 +22,7 @@ from typing import Any
 
 from pytest_sglang_tune.engine import Measurement
 from pytest_sglang_tune.grammar import Objective
-from pytest_sglang_tune.points import interval_seed, new_result, with_measurement
+from pytest_sglang_tune.points import interval_seed, new_result, point_name, with_measurement
 from pytest_sglang_tune.results import Cost, Result
 from pytest_sglang_tune.space import TuneConfig
 from pytest_sglang_tune.suite import Suite
@@ -114,10 +114,9 @@ def predict_config(suite: Suite, cfg: TuneConfig, table: Any, env: dict[str, str
         out.deploy_s = predicted_startup_s(vs.cfg)
     for wl in suite.workloads:
         if wl.max_load is not None:  # the config's highest load within the SLOs, bisected on the virtual clock
-            from pytest_sglang_tune.search.maxload import bisect_max_load, summarize_max_load, summary_point
+            from pytest_sglang_tune.search.maxload import bisect_max_load, summarize_max_load, summary_of
 
-            base = _new(suite, cfg, wl, 0, wl.loads[0], version)
-            base = base.with_(point=summary_point(base), display_id=f"{wl.name}[{cfg.display}-max]")
+            base = summary_of(_new(suite, cfg, wl, 0, wl.loads[0], version), cfg)
             if out.infeasible:
                 out.results.append(base.with_(status="infeasible", reason=out.infeasible))
                 continue
@@ -138,7 +137,7 @@ def predict_config(suite: Suite, cfg: TuneConfig, table: Any, env: dict[str, str
 
 def _new(suite: Suite, cfg: TuneConfig, wl: Any, index: int, load: Any, version: str) -> Result:
     workload = wl.at_load(index)
-    result = new_result(nodeid="", display_id=f"{wl.name}[{cfg.display}-{load.label()}]", suite=suite,
+    result = new_result(nodeid="", display_id=point_name(wl.name, cfg, load.label()), suite=suite,
                         cfg=cfg, workload=workload, load=load, backend=PREDICTED, sglang_version=version)
     return result.with_(fidelity=PREDICTED)
 

@@ -15,7 +15,7 @@ import pytest
 
 from pytest_sglang_tune.errors import InfeasibleConfig, TuneError
 from pytest_sglang_tune.itemkit import TuneItem, missed_worsening, note_error
-from pytest_sglang_tune.points import measure_once, new_result
+from pytest_sglang_tune.points import measure_once, new_result, point_name
 from pytest_sglang_tune.results import Result
 from pytest_sglang_tune.search.setup import SearchSetup
 from pytest_sglang_tune.search.strategies import Proposal, Stop
@@ -97,7 +97,7 @@ class TrialItem(TuneItem):
     def _new(self, wl: Any, load: Any) -> Result:
         assert self.proposal is not None
         cfg = self.search.configs[self.proposal.config_id]
-        name = f"{wl.name}[{cfg.display}-{load.label()}]"
+        name = point_name(wl.name, cfg, load.label())
         r = new_result(nodeid=self.nodeid, display_id=name, suite=self.suite, cfg=cfg, workload=wl, load=load,
                        backend=self.session_owner.options.backend,
                        sglang_version=self.suite.sglang_version or self.search.table.version)
@@ -148,15 +148,14 @@ class TrialItem(TuneItem):
         self._finish(results, value, ok)
 
     def _max_load(self, wl: Any, fraction: float, results: list[Result]) -> Result:
-        from pytest_sglang_tune.search.maxload import run_max_load, summary_point
+        from pytest_sglang_tune.search.maxload import run_max_load, summary_of
 
         assert self.proposal is not None
         cfg = self.search.configs[self.proposal.config_id]
         workload = low_fidelity(wl, fraction)
-        base = self._new(workload, wl.loads[0])
-        base = base.with_(point=summary_point(base), display_id=f"{wl.name}[{cfg.display}-max]")
+        base = summary_of(self._new(workload, wl.loads[0]), cfg)
         return run_max_load(self.session_owner.engine, self.suite, cfg, self.search.table, workload, base,
-                            name=lambda load: f"{wl.name}[{cfg.display}-{load.label()}]", on_probe=results.append)
+                            on_probe=results.append)
 
     def _finish(self, results: list[Result], value: float | None, ok: bool) -> None:
         self.stash[RESULTS] = results

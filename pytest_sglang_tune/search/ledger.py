@@ -34,13 +34,20 @@ PROPOSED = "proposed"   # user_attr of the trials that are real measurements (no
 MAX_RESAMPLES = 8       # a sampler that keeps repeating measured configs gets a random unmeasured one
 
 
+def journal_storage(path: Path) -> Any:
+    """Optuna's journal storage in ``path``, safe across processes (xdist workers)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
 class Ledger:
     """One search's trials. ``path`` None: in memory (unit tests, benchmarks)."""
 
     def __init__(self, plan: Plan, *, name: str, path: Path | None = None, seed: int = 0) -> None:
         import optuna
-        from optuna.storages import InMemoryStorage, JournalStorage
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from optuna.storages import InMemoryStorage
 
         optuna.logging.set_verbosity(logging.WARNING)
         self.plan = plan
@@ -55,7 +62,7 @@ class Ledger:
             from filelock import FileLock
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            storage = JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+            storage = journal_storage(path)
             lock = FileLock(str(path) + ".ask.lock")
             self._lock = lambda: lock
         if plan.strategy == "tpe":

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from pytest_sglang_tune.loadgen.workload import Load, MaxLoadSearch
-from pytest_sglang_tune.results import Result
+from pytest_sglang_tune.results import Result, load_label
 
 SEARCH = "max_within_slo"
 
@@ -58,6 +58,13 @@ def summary_point(result: Result) -> Any:
     return replace(result.point, concurrency=None, request_rate=None, time_scale=None, search=SEARCH)
 
 
+def summary_of(result: Result, cfg: Any) -> Result:
+    """``result`` (a new point of the workload) moved to the summary point, named ``chat[mem0.85-max]``."""
+    from pytest_sglang_tune.points import point_name
+
+    return result.with_(point=summary_point(result), display_id=point_name(result.point.workload, cfg, "max"))
+
+
 def summarize_max_load(search: MaxLoadSearch, base: Result, probes: list[Result], best: Result | None) -> Result:
     """The one result a load search ranks by: ``base`` (the item's result, at the summary point) with the best
     probe's metrics and ``max_load`` — the highest sustained level, 0 when none was."""
@@ -67,7 +74,7 @@ def summarize_max_load(search: MaxLoadSearch, base: Result, probes: list[Result]
 
     found = level(best) if best is not None else 0.0
     source = best if best is not None else probes[0]
-    trail = ", ".join(f"{r.point.where.rsplit('@', 1)[-1]} {'ok' if sustained(r) else 'missed'}" for r in probes)
+    trail = ", ".join(f"{load_label(r.point.load)} {'ok' if sustained(r) else 'missed'}" for r in probes)
     detail = {"kind": search.kind, "low": search.low, "high": search.high, "tolerance": search.tolerance,
               "value": found if best is not None else None, "summary": "",
               "probes": [{"load": r.point.load, "meets_slos": sustained(r), "test_id": r.test_id} for r in probes]}
@@ -93,15 +100,16 @@ def summarize_max_load(search: MaxLoadSearch, base: Result, probes: list[Result]
 
 
 def run_max_load(engine: Any, suite: Any, cfg: Any, table: Any, workload: Any, base: Result, *,
-                 name: Callable[[Load], str], on_probe: Callable[[Result], None] = lambda r: None) -> Result:
+                 on_probe: Callable[[Result], None] = lambda r: None) -> Result:
     """A config's load search on its live server: every probe measured (each handed to ``on_probe`` as soon as
     it is, so a crash later keeps it) and the summary returned. ``base`` is the result at the summary point."""
-    from pytest_sglang_tune.points import measure_once, probe_result
+    from pytest_sglang_tune.points import measure_once, point_name, probe_result
 
     search: MaxLoadSearch = workload.max_load
 
     def probe(load: Load) -> Result:
-        r = measure_once(engine, suite, cfg, table, workload, load, probe_result(base, load, name(load)))
+        named = probe_result(base, load, point_name(workload.name, cfg, load.label()))
+        r = measure_once(engine, suite, cfg, table, workload, load, named)
         on_probe(r)
         return r
 
@@ -109,4 +117,5 @@ def run_max_load(engine: Any, suite: Any, cfg: Any, table: Any, workload: Any, b
     return summarize_max_load(search, base, probes, best)
 
 
-__all__ = ["SEARCH", "bisect_max_load", "run_max_load", "summarize_max_load", "summary_point", "sustained"]
+__all__ = ["SEARCH", "bisect_max_load", "run_max_load", "summarize_max_load", "summary_of", "summary_point",
+           "sustained"]

@@ -36,7 +36,7 @@ class SearchSetup:
 
     @property
     def ledger_path(self) -> Path:
-        return self.directory / f"{self.suite.name}.journal"
+        return journal_file(self.directory, self.suite)
 
     def ledger(self) -> Ledger:
         if self._ledger is None:
@@ -49,7 +49,9 @@ def target_of(suite: Suite) -> tuple[tuple[str, LoadKey], str]:
     name, label = suite.search_target or (suite.workloads[0].name, suite.workloads[0].loads[-1].label())
     wl = next(w for w in suite.workloads if w.name == name)
     if wl.max_load is not None:  # the load search's summary (label ``max``)
-        return (name, load_key({"search": "max_within_slo"})), f"{name}@max"
+        from pytest_sglang_tune.search.maxload import SEARCH
+
+        return (name, load_key({"search": SEARCH})), f"{name}@max"
     load = next(ld for ld in wl.loads if ld.label() == label)
     return (name, load_key(load.to_dict())), f"{name}@{label}"
 
@@ -62,6 +64,10 @@ def needs_prediction(strategy: str, budget: Budget) -> bool:
 
 def plan_file(directory: Path, suite: Suite) -> Path:
     return directory / f"{suite.name}.plan.json"
+
+
+def journal_file(directory: Path, suite: Suite) -> Path:
+    return directory / f"{suite.name}.journal"
 
 
 def build_setup(suite: Suite, configs: list[TuneConfig], table: Any, varying: tuple[str, ...], *, strategy: str,
@@ -104,7 +110,7 @@ def continue_search(resume_dir: Path, directory: Path, suite: Suite, strategy: s
     import pytest
 
     old = resume_dir / SEARCH_DIR
-    old_plan, old_journal = plan_file(old, suite), old / f"{suite.name}.journal"
+    old_plan, old_journal = plan_file(old, suite), journal_file(old, suite)
     if not old_plan.is_file():
         return False
     data = json.loads(old_plan.read_text())
@@ -128,12 +134,10 @@ def close_interrupted(journal: Path, name: str) -> int:
     """Trials an interrupted run left running: told ``FAIL`` and no longer counted as proposed (their config is
     measured again); returns how many."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    from pytest_sglang_tune.search.ledger import PROPOSED
+    from pytest_sglang_tune.search.ledger import PROPOSED, journal_storage
 
-    storage = JournalStorage(JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal))))
+    storage = journal_storage(journal)
     study = optuna.load_study(study_name=name, storage=storage)
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for t in stale:

@@ -17,13 +17,12 @@ and, where the measurements say the predictor is wrong about one value of a flag
 log ratios fitted as a sum of one term per flag value, each shrunk toward 0 until a few configs with that value
 are measured: a simulator that misjudges a flag misjudges every config that sets it). The search stops when the
 measured best beats every remaining (scaled) prediction by more than ``STOP_Z`` (2) times the predictor's
-measured error (the median
-absolute log ratio of each measured config as the others' scaling predicts it, at least ``MIN_ERROR``; for a
-config whose flag values few measured configs share, the uncorrected error times √Σ 1/(1 + configs measured with
-each value), when that is more). Predicted
-SLO misses come after predicted passes and do not hold the search, until a measurement contradicts a predicted
-SLO verdict: from then on they are ranked and weighed like the others. Before it stops on that trust, the search
-measures the best config predicted to miss (once), so the SLO verdicts are never trusted untested.
+measured error (the median absolute log ratio of each measured config as the others' scaling predicts it, at
+least ``MIN_ERROR``; for a config whose flag values few measured configs share, the uncorrected error times
+√Σ 1/(1 + configs measured with each value), when that is more). Predicted SLO misses come after predicted passes
+and do not hold the search, until a measurement contradicts a predicted SLO verdict: from then on they are ranked
+and weighed like the others. Before it stops on that trust, the search measures the best config predicted to miss
+(once), so the SLO verdicts are never trusted untested.
 """
 
 from __future__ import annotations
